@@ -1,0 +1,3 @@
+DROP TABLE audit_log;
+DROP TABLE api_keys;
+DROP TABLE publish_tokens;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run every test: installs what the tests need (PostgreSQL, Redis, build
+# libraries, ffmpeg for the end-to-end tests), starts the services when they are down, then formats-checks,
+# lints and runs the whole test suite (unit, property, integration, CLI,
+# OpenAPI snapshot, and the admission benchmark in test mode).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_build_tools
+ensure_postgres
+ensure_redis
+ensure_media_tools
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/primacy-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+run() { echo "+ $*" >&2; "$@"; }
+run cargo fmt --all -- --check
+run cargo clippy --workspace --all-targets -- -D warnings
+run cargo test --workspace --all-targets

@@ -1,0 +1,152 @@
+//! `/api/v1/streams` and `/api/v1/feeds`: what is live on this node, and
+//! kicking a feed. Answers come from the engine (live state is not
+//! persisted).
+
+use std::time::Duration;
+
+use actix_web::web;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::auth::{Auth, Read, Write};
+use super::error::{ApiError, ErrorBody};
+use super::{AppState, Page};
+use crate::domain::{FeedId, StreamName};
+use crate::engine::{FeedView, StreamView};
+use crate::store::{self, audit::NewAudit};
+
+fn engine_gone(_: crate::engine::EngineGone) -> ApiError {
+    ApiError::unavailable("engine_stopped", "the gateway is shutting down")
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamsQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Streams per page (default 50).
+    pub per_page: Option<u32>,
+}
+
+/// Live streams on this node: sources, their primary, every feed.
+#[utoipa::path(get, path = "/api/v1/streams", tag = "streams",
+    params(StreamsQuery),
+    responses(
+        (status = 200, description = "One page of streams, by name", body = Page<StreamView>),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 422, description = "Invalid page size", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_streams(
+    state: web::Data<AppState>,
+    _auth: Auth<Read>,
+    query: web::Query<StreamsQuery>,
+) -> Result<web::Json<Page<StreamView>>, ApiError> {
+    let (page, per_page) = super::paging(query.page, query.per_page, &state)?;
+    let all = state.engine.snapshot().await.map_err(engine_gone)?;
+    let total = all.len() as i64;
+    let items = all
+        .into_iter()
+        .skip(((page - 1) as usize).saturating_mul(per_page as usize))
+        .take(per_page as usize)
+        .collect();
+    Ok(web::Json(Page {
+        items,
+        page,
+        per_page,
+        total,
+    }))
+}
+
+/// One live stream.
+#[utoipa::path(get, path = "/api/v1/streams/{name}", tag = "streams",
+    params(("name" = String, Path, description = "Stream name (may contain /)")),
+    responses(
+        (status = 200, description = "The stream", body = StreamView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such live stream", body = ErrorBody),
+        (status = 422, description = "Invalid stream name", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn show_stream(
+    state: web::Data<AppState>,
+    _auth: Auth<Read>,
+    name: web::Path<String>,
+) -> Result<web::Json<StreamView>, ApiError> {
+    let name: StreamName = name
+        .into_inner()
+        .parse()
+        .map_err(|e: crate::domain::NameError| ApiError::unprocessable(format!("name: {e}")))?;
+    let all = state.engine.snapshot().await.map_err(engine_gone)?;
+    all.into_iter()
+        .find(|s| s.name == name.as_str())
+        .map(web::Json)
+        .ok_or_else(|| ApiError::not_found("live stream"))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct KickQuery {
+    /// Refuse the feed's token on this source for this many seconds (a kick
+    /// that sticks). Default 0; at most 86400.
+    pub ban_seconds: Option<u32>,
+}
+
+/// Disconnect one feed now, optionally banning its token from the source.
+#[utoipa::path(delete, path = "/api/v1/feeds/{id}", tag = "streams",
+    params(("id" = Uuid, Path, description = "Feed id"), KickQuery),
+    responses(
+        (status = 200, description = "The feed as it was when kicked", body = FeedView),
+        (status = 400, description = "Malformed id or query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "Key lacks the write scope", body = ErrorBody),
+        (status = 404, description = "No such live feed on this node", body = ErrorBody),
+        (status = 422, description = "ban_seconds out of range", body = ErrorBody),
+        (status = 503, description = "Shutting down or database unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn kick(
+    state: web::Data<AppState>,
+    auth: Auth<Write>,
+    id: web::Path<Uuid>,
+    query: web::Query<KickQuery>,
+) -> Result<web::Json<FeedView>, ApiError> {
+    let ban = query.ban_seconds.unwrap_or(0);
+    if ban > 86_400 {
+        return Err(ApiError::unprocessable(
+            "ban_seconds: must be between 0 and 86400",
+        ));
+    }
+    let id = id.into_inner();
+    let view = state
+        .engine
+        .kick(FeedId(id), Duration::from_secs(u64::from(ban)))
+        .await
+        .map_err(engine_gone)?
+        .ok_or_else(|| ApiError::not_found("live feed"))?;
+    let actor = auth.actor();
+    let after = serde_json::json!({"ban_seconds": ban, "token_id": view.token_id, "stream": view.stream, "source_id": view.source_id});
+    let before = serde_json::to_value(&view).ok();
+    state
+        .db
+        .run(move |c| {
+            store::audit::record(
+                c,
+                NewAudit {
+                    actor: &actor,
+                    action: "feed.kick",
+                    target: &format!("feed:{id}"),
+                    before,
+                    after: Some(after),
+                },
+            )
+        })
+        .await?;
+    tracing::info!(feed = %id, ban_seconds = ban, "feed kicked");
+    Ok(web::Json(view))
+}

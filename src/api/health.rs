@@ -1,0 +1,89 @@
+//! Liveness, readiness and the OpenAPI document: no API key needed.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the process and its database connection are fine.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// `ok` or `unavailable`.
+    pub database: String,
+    pub node_id: String,
+    pub region: String,
+    pub version: String,
+    pub ready: bool,
+    pub uptime_seconds: u64,
+}
+
+/// Liveness: 200 while the process and its database connection are fine.
+#[utoipa::path(get, path = "/api/health", tag = "health",
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "Database unreachable", body = Health),
+    ))]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let db_ok = tokio::time::timeout(Duration::from_secs(2), state.db.ping())
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    let body = Health {
+        status: if db_ok { "ok" } else { "unavailable" }.into(),
+        database: if db_ok { "ok" } else { "unavailable" }.into(),
+        node_id: state.config.node_id.clone(),
+        region: state.config.region.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ready: state.readiness.is_ready(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    };
+    if db_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+}
+
+/// Readiness: 200 once start-up has finished, 503 before that and while
+/// draining.
+#[utoipa::path(get, path = "/api/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve", body = Ready),
+        (status = 503, description = "Starting or draining", body = ErrorBody),
+    ))]
+pub async fn ready(state: web::Data<AppState>) -> Result<web::Json<Ready>, ApiError> {
+    if state.readiness.is_ready() {
+        Ok(web::Json(Ready { ready: true }))
+    } else {
+        Err(ApiError::unavailable("not_ready", state.readiness.reason()))
+    }
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(super::openapi::document_json())
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

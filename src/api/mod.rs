@@ -1,0 +1,151 @@
+//! The operator REST API (actix-web): thin handlers, all routes in
+//! [`configure`], bearer API keys with scopes, JSON errors, OpenAPI.
+
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod feeds;
+pub mod health;
+pub mod openapi;
+pub mod tokens;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::web;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::publish::Admission;
+use crate::config::Config;
+use crate::engine::EngineHandle;
+use crate::metrics::Metrics;
+use crate::store::Db;
+use error::ApiError;
+
+/// Whether this node accepts work. Start-up ends in `Ready`; a drain moves
+/// to `Draining`. Only the lifecycle writes it.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(READY, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        self.0.store(DRAINING, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire) == READY
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Acquire) == DRAINING
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self.0.load(Ordering::Acquire) {
+            STARTING => "starting up",
+            READY => "ready",
+            _ => "draining",
+        }
+    }
+}
+
+/// What handlers share. Cheap to clone (everything behind `Arc`).
+pub struct AppState {
+    pub db: Db,
+    pub admission: Arc<Admission>,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    pub readiness: Arc<Readiness>,
+    pub started: Instant,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// 1-based.
+    pub page: u32,
+    pub per_page: u32,
+    /// Items matching the filter, over all pages.
+    pub total: i64,
+}
+
+pub const DEFAULT_PER_PAGE: u32 = 50;
+
+/// Validate paging parameters.
+pub fn paging(
+    page: Option<u32>,
+    per_page: Option<u32>,
+    state: &AppState,
+) -> Result<(u32, u32), ApiError> {
+    let page = page.unwrap_or(1);
+    let max = state.config.api.max_per_page;
+    let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE.min(max));
+    if page == 0 || page > 1_000_000 {
+        return Err(ApiError::unprocessable(
+            "page: must be between 1 and 1000000",
+        ));
+    }
+    if per_page == 0 || per_page > max {
+        return Err(ApiError::unprocessable(format!(
+            "per_page: must be between 1 and {max}"
+        )));
+    }
+    Ok((page, per_page))
+}
+
+/// Every route of the API.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .app_data(web::PathConfig::default().error_handler(error::path_error))
+    .route("/api/health", web::get().to(health::health))
+    .route("/api/ready", web::get().to(health::ready))
+    .route("/api/openapi.json", web::get().to(health::openapi))
+    .route("/metrics", web::get().to(health::metrics))
+    .service(
+        web::scope("/api/v1")
+            .route("/tokens", web::post().to(tokens::create))
+            .route("/tokens", web::get().to(tokens::list))
+            .route("/tokens/{id}", web::get().to(tokens::show))
+            .route("/tokens/{id}", web::patch().to(tokens::update))
+            .route("/tokens/{id}", web::delete().to(tokens::delete))
+            .route("/tokens/{id}/refresh", web::post().to(tokens::refresh))
+            .route(
+                "/tokens/{id}/reprioritize",
+                web::post().to(tokens::reprioritize),
+            )
+            .route("/streams", web::get().to(feeds::list_streams))
+            .route("/streams/{name:.+}", web::get().to(feeds::show_stream))
+            .route("/feeds/{id}", web::delete().to(feeds::kick))
+            .route("/api-keys", web::post().to(api_keys::create))
+            .route("/api-keys", web::get().to(api_keys::list))
+            .route("/api-keys/{id}", web::delete().to(api_keys::revoke))
+            .route("/audit", web::get().to(audit::list)),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}

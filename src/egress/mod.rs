@@ -1,0 +1,3 @@
+//! Egress: sessions that deliver a source's output to players.
+
+pub mod rtmp;

@@ -1,0 +1,474 @@
+//! The engine: the one task that owns every source's election, switch and
+//! fan-out (DESIGN sections 2–3).
+//!
+//! Sessions, the API and (later) the cluster shell talk to it only through
+//! [`EngineHandle`]: bounded `mpsc` commands, answers on `oneshot`. Nothing
+//! else mutates election state. Media arrives as [`crate::media`] frames;
+//! players receive FLV tag bodies muxed once per source and shared (`Bytes`)
+//! by every player of that source.
+
+mod feed;
+mod player;
+mod source;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rml_rtmp::sessions::StreamMetadata;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::{FeedId, Priority, SourceId, StreamName, TokenId};
+use crate::media::{CodecConfig, Frame};
+use crate::metrics::Metrics;
+pub use player::{PlayerFormat, PlayerItem};
+use source::Source;
+pub use view::{FeedView, ReprioritizeReport, SourceView, SrtFeedStats, StreamView, SwitchRecord};
+
+/// A source: a stream name plus an optional source id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    pub stream: StreamName,
+    pub source: SourceId,
+}
+
+impl std::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.source.is_default() {
+            write!(f, "{}", self.stream)
+        } else {
+            write!(f, "{}#{}", self.stream, self.source)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rtmp,
+    Srt,
+    Pull,
+}
+
+/// What the engine needs to know about a new feed.
+#[derive(Debug, Clone)]
+pub struct FeedMeta {
+    pub id: FeedId,
+    pub token_id: TokenId,
+    pub label: String,
+    pub priority: Priority,
+    /// Set by a `priority=` publish parameter: overrides the token's, and
+    /// Reprioritize leaves the feed alone.
+    pub pinned: bool,
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+}
+
+/// Media from a publishing session.
+#[derive(Debug, Clone)]
+pub enum FeedMedia {
+    Config(CodecConfig),
+    Frame(Frame),
+    Metadata(Arc<StreamMetadata>),
+    /// Connection statistics of an SRT feed.
+    SrtStats(SrtFeedStats),
+}
+
+/// Why the engine tells a publishing session to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedControl {
+    Disconnect { reason: String },
+}
+
+/// Why a publish was refused by the engine (after the token check).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishRefusal {
+    #[error("token is banned from this source for {remaining_s} more seconds")]
+    Banned { remaining_s: u64 },
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// A registered feed: the session sends media here and listens for control.
+pub struct FeedHandle {
+    pub id: FeedId,
+    pub control: mpsc::Receiver<FeedControl>,
+}
+
+/// A registered player.
+pub struct PlayerHandle {
+    pub id: u64,
+    pub items: mpsc::Receiver<PlayerItem>,
+}
+
+pub(crate) enum Command {
+    Publish {
+        key: SourceKey,
+        meta: FeedMeta,
+        reply: oneshot::Sender<Result<FeedHandle, PublishRefusal>>,
+    },
+    Media {
+        feed: FeedId,
+        media: FeedMedia,
+    },
+    Unpublish {
+        feed: FeedId,
+    },
+    Play {
+        key: SourceKey,
+        format: PlayerFormat,
+        reply: oneshot::Sender<PlayerHandle>,
+    },
+    Unplay {
+        key: SourceKey,
+        player: u64,
+    },
+    Reprioritize {
+        token: TokenId,
+        priority: Option<i32>,
+        disconnect: bool,
+        reply: oneshot::Sender<ReprioritizeReport>,
+    },
+    TokenRevoked {
+        token: TokenId,
+        reason: String,
+        reply: oneshot::Sender<Vec<FeedView>>,
+    },
+    Kick {
+        feed: FeedId,
+        ban: Duration,
+        reply: oneshot::Sender<Option<FeedView>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Vec<StreamView>>,
+    },
+}
+
+/// The way in. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has stopped")]
+pub struct EngineGone;
+
+impl EngineHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineGone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| EngineGone)?;
+        rx.await.map_err(|_| EngineGone)
+    }
+
+    pub async fn publish(
+        &self,
+        key: SourceKey,
+        meta: FeedMeta,
+    ) -> Result<Result<FeedHandle, PublishRefusal>, EngineGone> {
+        self.ask(|reply| Command::Publish { key, meta, reply })
+            .await
+    }
+
+    /// Send media of a feed; waits when the engine is busy (backpressure).
+    pub async fn media(&self, feed: FeedId, media: FeedMedia) -> Result<(), EngineGone> {
+        self.tx
+            .send(Command::Media { feed, media })
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    pub async fn unpublish(&self, feed: FeedId) {
+        let _ = self.tx.send(Command::Unpublish { feed }).await;
+    }
+
+    pub async fn play(
+        &self,
+        key: SourceKey,
+        format: PlayerFormat,
+    ) -> Result<PlayerHandle, EngineGone> {
+        self.ask(|reply| Command::Play { key, format, reply }).await
+    }
+
+    pub async fn unplay(&self, key: SourceKey, player: u64) {
+        let _ = self.tx.send(Command::Unplay { key, player }).await;
+    }
+
+    /// Apply a new token priority to live feeds (see the API's reprioritize).
+    pub async fn reprioritize(
+        &self,
+        token: TokenId,
+        priority: Option<i32>,
+        disconnect: bool,
+    ) -> Result<ReprioritizeReport, EngineGone> {
+        self.ask(|reply| Command::Reprioritize {
+            token,
+            priority,
+            disconnect,
+            reply,
+        })
+        .await
+    }
+
+    /// Disconnect every feed of a token at once (disabled or deleted).
+    pub async fn token_revoked(
+        &self,
+        token: TokenId,
+        reason: &str,
+    ) -> Result<Vec<FeedView>, EngineGone> {
+        let reason = reason.to_owned();
+        self.ask(|reply| Command::TokenRevoked {
+            token,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Disconnect one feed and refuse its token on that source for `ban`.
+    pub async fn kick(&self, feed: FeedId, ban: Duration) -> Result<Option<FeedView>, EngineGone> {
+        self.ask(|reply| Command::Kick { feed, ban, reply }).await
+    }
+
+    pub async fn snapshot(&self) -> Result<Vec<StreamView>, EngineGone> {
+        self.ask(|reply| Command::Snapshot { reply }).await
+    }
+}
+
+/// Settings the engine reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub node: String,
+    pub region: String,
+    pub election: crate::election::ElectionParams,
+    pub feed_timeout: Option<Duration>,
+    pub failover_next_keyframe: bool,
+    pub switch_deadline: Duration,
+    pub vacant_hold: Duration,
+    pub gop_cache_max_bytes: usize,
+    pub player_queue: usize,
+}
+
+impl EngineSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            node: c.node_id.clone(),
+            region: c.region.clone(),
+            election: crate::election::ElectionParams::from_config(&c.election),
+            feed_timeout: (c.election.feed_timeout_ms > 0)
+                .then(|| Duration::from_millis(c.election.feed_timeout_ms)),
+            failover_next_keyframe: c.switch.failover_switch
+                == crate::config::FailoverSwitch::NextKeyframe,
+            switch_deadline: Duration::from_millis(c.switch.switch_deadline_ms),
+            vacant_hold: Duration::from_millis(c.switch.vacant_hold_ms),
+            gop_cache_max_bytes: c.switch.gop_cache_max_bytes,
+            player_queue: 1024,
+        }
+    }
+}
+
+/// How often timers (feed timeouts, holds, deadlines) are checked.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Start the engine task; it stops when `cancel` fires and every handle is gone.
+pub fn spawn(
+    settings: EngineSettings,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(8192);
+    let engine = Engine {
+        settings: Arc::new(settings),
+        metrics,
+        sources: HashMap::new(),
+        feed_index: HashMap::new(),
+        bans: HashMap::new(),
+        next_player: 1,
+        draining: false,
+    };
+    let task = tokio::spawn(engine.run(rx, cancel));
+    (EngineHandle { tx }, task)
+}
+
+struct Engine {
+    settings: Arc<EngineSettings>,
+    metrics: Arc<Metrics>,
+    sources: HashMap<SourceKey, Source>,
+    feed_index: HashMap<FeedId, SourceKey>,
+    /// (token, source) → banned until.
+    bans: HashMap<(TokenId, SourceKey), Instant>,
+    next_player: u64,
+    draining: bool,
+}
+
+impl Engine {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd, Instant::now()),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(Instant::now()),
+                _ = cancel.cancelled(), if !self.draining => {
+                    self.draining = true;
+                }
+            }
+        }
+        tracing::debug!("engine stopped");
+    }
+
+    fn source_mut(&mut self, key: &SourceKey) -> &mut Source {
+        let settings = self.settings.clone();
+        let metrics = self.metrics.clone();
+        self.sources
+            .entry(key.clone())
+            .or_insert_with(|| Source::new(key.clone(), settings, metrics))
+    }
+
+    fn handle(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Publish { key, meta, reply } => {
+                if self.draining {
+                    let _ = reply.send(Err(PublishRefusal::ShuttingDown));
+                    return;
+                }
+                if let Some(until) = self.bans.get(&(meta.token_id, key.clone())) {
+                    if *until > now {
+                        let remaining_s = (*until - now).as_secs().max(1);
+                        let _ = reply.send(Err(PublishRefusal::Banned { remaining_s }));
+                        return;
+                    }
+                }
+                let (ctl_tx, ctl_rx) = mpsc::channel(4);
+                let id = meta.id;
+                self.feed_index.insert(id, key.clone());
+                self.source_mut(&key).feed_joined(now, meta, ctl_tx);
+                let _ = reply.send(Ok(FeedHandle {
+                    id,
+                    control: ctl_rx,
+                }));
+            }
+            Command::Media { feed, media } => {
+                if let Some(key) = self.feed_index.get(&feed) {
+                    if let Some(src) = self.sources.get_mut(key) {
+                        src.feed_media(now, feed, media);
+                    }
+                }
+            }
+            Command::Unpublish { feed } => {
+                if let Some(key) = self.feed_index.remove(&feed) {
+                    if let Some(src) = self.sources.get_mut(&key) {
+                        src.feed_left(now, feed);
+                    }
+                    self.gc(&key);
+                }
+            }
+            Command::Play { key, format, reply } => {
+                let id = self.next_player;
+                self.next_player += 1;
+                let (tx, rx) = mpsc::channel(self.settings.player_queue);
+                self.source_mut(&key).player_joined_as(now, id, tx, format);
+                let _ = reply.send(PlayerHandle { id, items: rx });
+            }
+            Command::Unplay { key, player } => {
+                if let Some(src) = self.sources.get_mut(&key) {
+                    src.player_left(player);
+                }
+                self.gc(&key);
+            }
+            Command::Reprioritize {
+                token,
+                priority,
+                disconnect,
+                reply,
+            } => {
+                let mut report = ReprioritizeReport::default();
+                for src in self.sources.values_mut() {
+                    src.reprioritize(now, token, priority, disconnect, &mut report);
+                }
+                let _ = reply.send(report);
+            }
+            Command::TokenRevoked {
+                token,
+                reason,
+                reply,
+            } => {
+                let mut gone = Vec::new();
+                for src in self.sources.values_mut() {
+                    gone.extend(src.disconnect_token(now, token, &reason));
+                }
+                let _ = reply.send(gone);
+            }
+            Command::Kick { feed, ban, reply } => {
+                let Some(key) = self.feed_index.get(&feed).cloned() else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let view = self.sources.get_mut(&key).and_then(|s| s.kick(now, feed));
+                if let Some(v) = &view {
+                    if !ban.is_zero() {
+                        self.bans
+                            .insert((TokenId(v.token_id), key.clone()), now + ban);
+                    }
+                }
+                let _ = reply.send(view);
+            }
+            Command::Snapshot { reply } => {
+                let mut streams: HashMap<StreamName, Vec<SourceView>> = HashMap::new();
+                for (key, src) in &self.sources {
+                    streams
+                        .entry(key.stream.clone())
+                        .or_default()
+                        .push(src.view(now));
+                }
+                let mut out: Vec<StreamView> = streams
+                    .into_iter()
+                    .map(|(name, mut sources)| {
+                        sources.sort_by(|a, b| a.source_id.cmp(&b.source_id));
+                        StreamView {
+                            name: name.to_string(),
+                            sources,
+                        }
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let mut empty = Vec::new();
+        for (key, src) in self.sources.iter_mut() {
+            src.on_tick(now);
+            if src.is_idle() {
+                empty.push(key.clone());
+            }
+        }
+        for key in empty {
+            self.sources.remove(&key);
+        }
+        self.bans.retain(|_, until| *until > now);
+    }
+
+    /// Drop a source with neither feeds nor players.
+    fn gc(&mut self, key: &SourceKey) {
+        if self.sources.get(key).is_some_and(Source::is_idle) {
+            self.sources.remove(key);
+        }
+    }
+}

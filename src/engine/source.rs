@@ -1,0 +1,826 @@
+//! One source: its election, its switch and its fan-out.
+//!
+//! Invariants: at most one feed is on air; every frame players receive has
+//! gone through the on-air feed's `Rebase` and the source's `OutputClock`,
+//! so output timestamps are continuous and monotonic across switches; a new
+//! feed's header (metadata, codec configurations) reaches players before
+//! its first frame; a planned switch keeps the old feed on air until the
+//! new one's keyframe (make-before-break).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+
+use super::feed::FeedSlot;
+use super::player::{Player, PlayerFormat, PlayerItem, Sent};
+use super::view::{FeedView, ReprioritizeReport, SourceView, SwitchRecord};
+use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, SourceKey};
+use crate::domain::{FeedId, Priority, TokenId};
+use crate::election::{Decision, FeedState, Input, SourceElection, SwitchReason};
+use crate::media::ts::mux::TsMuxer;
+use crate::media::{self, Frame, OutputClock, Rebase, Track};
+use crate::metrics::Metrics;
+
+struct OnAir {
+    feed: FeedId,
+    rebase: Rebase,
+}
+
+struct Pending {
+    to: FeedId,
+    from: Option<FeedId>,
+    /// Planned switches fall back to the cached keyframe at this instant.
+    deadline: Option<Instant>,
+    planned: bool,
+    reason: SwitchReason,
+    /// When the election decided (the cut may come later, at a keyframe).
+    decided: chrono::DateTime<Utc>,
+}
+
+pub(super) struct Source {
+    key: SourceKey,
+    settings: Arc<EngineSettings>,
+    metrics: Arc<Metrics>,
+    election: SourceElection,
+    feeds: HashMap<FeedId, FeedSlot>,
+    on_air: Option<OnAir>,
+    pending: Option<Pending>,
+    clock: OutputClock,
+    /// Metadata and codec configurations of the on-air feed, as FLV items.
+    header: Vec<PlayerItem>,
+    /// The MPEG-TS muxer shared by every TS player (stable PIDs and
+    /// continuity counters across switches); created with the first one.
+    ts: Option<TsMuxer>,
+    players: Vec<Player>,
+    vacant_since: Option<Instant>,
+    /// When the last frame went out (for switch gaps).
+    last_emit: Option<Instant>,
+    last_switch: Option<SwitchRecord>,
+    switches: u64,
+}
+
+/// An output frame as an FLV player item.
+fn flv_item(out: &Frame) -> PlayerItem {
+    let ts = out.dts as u32;
+    match out.track {
+        Track::Video => PlayerItem::Video {
+            ts,
+            body: media::flv_video_frame(out),
+            keyframe: out.keyframe,
+        },
+        Track::Audio => PlayerItem::Audio {
+            ts,
+            body: media::flv_audio_frame(out),
+        },
+    }
+}
+
+fn reason_str(r: SwitchReason) -> &'static str {
+    match r {
+        SwitchReason::First => "first",
+        SwitchReason::PrimaryLost => "primary_lost",
+        SwitchReason::Better => "better",
+        SwitchReason::Draining => "draining",
+    }
+}
+
+impl Source {
+    pub fn new(key: SourceKey, settings: Arc<EngineSettings>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            election: SourceElection::new(settings.election.clone()),
+            key,
+            settings,
+            metrics,
+            feeds: HashMap::new(),
+            on_air: None,
+            pending: None,
+            clock: OutputClock::new(),
+            header: Vec::new(),
+            ts: None,
+            players: Vec::new(),
+            vacant_since: None,
+            last_emit: None,
+            last_switch: None,
+            switches: 0,
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.feeds.is_empty() && self.players.is_empty()
+    }
+
+    pub fn feed_joined(
+        &mut self,
+        now: Instant,
+        meta: FeedMeta,
+        control: mpsc::Sender<FeedControl>,
+    ) {
+        let id = meta.id;
+        let priority = meta.priority;
+        tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %id, token_id = %meta.token_id,
+            priority = ?priority.0, pinned = meta.pinned, peer = %meta.peer, "feed joined");
+        self.feeds.insert(
+            id,
+            FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes),
+        );
+        self.metrics.feeds.inc();
+        let d = self
+            .election
+            .handle_input(now, Input::Joined { feed: id, priority });
+        self.apply(now, d);
+    }
+
+    pub fn feed_left(&mut self, now: Instant, feed: FeedId) {
+        if self.feeds.remove(&feed).is_none() {
+            return;
+        }
+        self.metrics.feeds.dec();
+        tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %feed, "feed left");
+        let d = self.election.handle_input(now, Input::Left { feed });
+        self.apply(now, d);
+        self.on_air_lost(now, feed);
+    }
+
+    /// The feed on air left or timed out while a planned switch away from
+    /// it waits for the new feed's keyframe. The election already counts the
+    /// new feed as primary, so it decides nothing: fail over now (unplanned)
+    /// instead of freezing until that keyframe or the switch deadline.
+    fn on_air_lost(&mut self, now: Instant, feed: FeedId) {
+        if self.on_air.as_ref().is_none_or(|o| o.feed != feed) {
+            return;
+        }
+        if let Some(p) = self.pending.take() {
+            let d = Decision::Switch {
+                from: Some(feed),
+                to: p.to,
+                planned: false,
+                reason: SwitchReason::PrimaryLost,
+            };
+            self.apply(now, vec![d]);
+        }
+    }
+
+    pub fn feed_media(&mut self, now: Instant, id: FeedId, media: FeedMedia) {
+        let on_air = self.on_air.as_ref().map(|o| o.feed) == Some(id);
+        let Some(slot) = self.feeds.get_mut(&id) else {
+            return;
+        };
+        match media {
+            FeedMedia::Config(cfg) => {
+                match cfg.track {
+                    Track::Video => slot.video_cfg = Some(cfg),
+                    Track::Audio => slot.audio_cfg = Some(cfg),
+                }
+                if on_air {
+                    self.refresh_header(false);
+                }
+            }
+            FeedMedia::SrtStats(stats) => {
+                if let Some(prev) = &slot.srt {
+                    let d = |now: u64, before: u64| now.saturating_sub(before);
+                    self.metrics
+                        .srt_rx_packets
+                        .inc_by(d(stats.rx_packets, prev.rx_packets));
+                    self.metrics
+                        .srt_rx_loss
+                        .inc_by(d(stats.rx_loss_packets, prev.rx_loss_packets));
+                    self.metrics.srt_rx_retransmitted.inc_by(d(
+                        stats.rx_retransmitted_packets,
+                        prev.rx_retransmitted_packets,
+                    ));
+                }
+                slot.srt = Some(stats);
+            }
+            FeedMedia::Metadata(m) => {
+                slot.metadata = Some(m.clone());
+                if on_air {
+                    self.rebuild_header();
+                    // Players already past the header get the new metadata now.
+                    let item = [PlayerItem::Metadata(m)];
+                    for p in self
+                        .players
+                        .iter_mut()
+                        .filter(|p| p.format == PlayerFormat::Flv)
+                    {
+                        p.send_header(&item);
+                    }
+                }
+            }
+            FeedMedia::Frame(frame) => {
+                self.metrics.bytes_in.inc_by(frame.payload.len() as u64);
+                let became_healthy = slot.observe(now, &frame);
+                let cut_point = frame.track == Track::Video && frame.keyframe
+                    || (frame.track == Track::Audio && !slot.has_video());
+                let switches_before = self.switches;
+                if became_healthy {
+                    self.health_changed(now, id, true);
+                }
+                if self.switches != switches_before
+                    && self.on_air.as_ref().map(|o| o.feed) == Some(id)
+                {
+                    // Just cut to this feed from its cache, which holds this frame.
+                    return;
+                }
+                if cut_point && self.pending.as_ref().is_some_and(|p| p.to == id) {
+                    let p = self.pending.take().expect("checked");
+                    self.cut(now, id, p.from, p.planned, p.reason, p.decided);
+                    return;
+                }
+                if self.on_air.as_ref().map(|o| o.feed) == Some(id) {
+                    self.emit(now, &frame);
+                }
+            }
+        }
+    }
+
+    fn health_changed(&mut self, now: Instant, feed: FeedId, healthy: bool) {
+        let d = self
+            .election
+            .handle_input(now, Input::Health { feed, healthy });
+        self.apply(now, d);
+    }
+
+    /// Apply the election's decisions.
+    fn apply(&mut self, now: Instant, decisions: Vec<Decision>) {
+        for d in decisions {
+            match d {
+                Decision::Switch {
+                    from,
+                    to,
+                    planned,
+                    reason,
+                } => {
+                    if self.on_air.as_ref().is_some_and(|o| o.feed == to) {
+                        // Back to the feed still on air (the target of a
+                        // pending planned switch left or failed before its
+                        // keyframe): nothing changes on air, nothing to cut.
+                        self.pending = None;
+                        continue;
+                    }
+                    self.metrics
+                        .switches
+                        .with_label_values(&[
+                            reason_str(reason),
+                            if planned { "true" } else { "false" },
+                        ])
+                        .inc();
+                    let has_cache = self
+                        .feeds
+                        .get(&to)
+                        .is_some_and(|f| f.gop.has_keyframe() || !f.has_video());
+                    let current = self.on_air.as_ref().map(|o| o.feed);
+                    if planned && current.is_some() && current != Some(to) {
+                        // Make-before-break: the old feed stays on air until the new keyframe.
+                        self.pending = Some(Pending {
+                            to,
+                            from,
+                            deadline: Some(now + self.settings.switch_deadline),
+                            planned: true,
+                            reason,
+                            decided: Utc::now(),
+                        });
+                    } else if has_cache
+                        && (!self.settings.failover_next_keyframe || reason == SwitchReason::First)
+                    {
+                        self.pending = None;
+                        self.cut(now, to, from, planned, reason, Utc::now());
+                    } else {
+                        // Freeze until the new feed's next keyframe.
+                        self.off_air(now, from);
+                        self.pending = Some(Pending {
+                            to,
+                            from,
+                            deadline: None,
+                            planned,
+                            reason,
+                            decided: Utc::now(),
+                        });
+                    }
+                }
+                Decision::Vacate { from } => {
+                    self.pending = None;
+                    self.off_air(now, Some(from));
+                    self.vacant_since = Some(now);
+                    self.record(Some(from), None, "vacant", false, None, None, Utc::now());
+                    tracing::warn!(stream = %self.key.stream, source = %self.key.source, "source vacant: no eligible feed");
+                }
+            }
+        }
+    }
+
+    /// Take the current feed off the air; disconnect it if it was waiting for that.
+    fn off_air(&mut self, _now: Instant, from: Option<FeedId>) {
+        let old = self.on_air.take().map(|o| o.feed).or(from);
+        self.metrics
+            .active_priority
+            .remove_label_values(&[self.key.stream.as_str(), self.key.source.as_str()])
+            .ok();
+        if let Some(old) = old {
+            if let Some(slot) = self.feeds.get(&old) {
+                if let Some(reason) = &slot.disconnect_after_cut {
+                    slot.disconnect(reason);
+                }
+            }
+        }
+    }
+
+    /// Cut to `to` at its cached keyframe: header first, then the cached
+    /// frames (just the keyframe for a live cut), all rebased so the output
+    /// continues one frame interval after the last emitted frame.
+    #[allow(clippy::too_many_arguments)]
+    fn cut(
+        &mut self,
+        now: Instant,
+        to: FeedId,
+        from: Option<FeedId>,
+        planned: bool,
+        reason: SwitchReason,
+        decided: chrono::DateTime<Utc>,
+    ) {
+        let Some(slot) = self.feeds.get(&to) else {
+            return;
+        };
+        let frames: Vec<Frame> = slot.gop.frames().cloned().collect();
+        let Some(first) = frames.first() else {
+            // Nothing to start from yet: wait for a keyframe.
+            self.pending = Some(Pending {
+                to,
+                from,
+                deadline: None,
+                planned,
+                reason,
+                decided,
+            });
+            return;
+        };
+        let gap = slot.interval.interval_ms().max(1);
+        let added_latency = slot.last_dts.map(|l| l - first.dts).filter(|l| *l > 0);
+        let priority = slot.meta.priority;
+        let rebase = Rebase::new(first.dts, self.clock.next_base(gap));
+        let old = self.on_air.as_ref().map(|o| o.feed).or(from);
+        self.off_air(now, from);
+        self.on_air = Some(OnAir { feed: to, rebase });
+        self.vacant_since = None;
+        self.refresh_header(true);
+        let gap_ms = if planned {
+            None
+        } else {
+            self.last_emit
+                .map(|t| now.duration_since(t).as_secs_f64() * 1000.0)
+        };
+        if let Some(g) = gap_ms {
+            self.metrics.switch_gap.observe(g / 1000.0);
+        }
+        for f in &frames {
+            self.emit(now, f);
+        }
+        self.metrics
+            .active_priority
+            .with_label_values(&[self.key.stream.as_str(), self.key.source.as_str()])
+            .set(f64::from(priority.rank()));
+        let added = if planned { None } else { added_latency };
+        self.record(
+            old,
+            Some(to),
+            reason_str(reason),
+            planned,
+            gap_ms,
+            added,
+            decided,
+        );
+        tracing::info!(stream = %self.key.stream, source = %self.key.source, from = ?old.map(|f| f.to_string()),
+            to = %to, reason = reason_str(reason), planned, gap_ms = ?gap_ms, cached_frames = frames.len(), "switched");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        from: Option<FeedId>,
+        to: Option<FeedId>,
+        reason: &str,
+        planned: bool,
+        gap_ms: Option<f64>,
+        added_latency_ms: Option<i64>,
+        decided_at: chrono::DateTime<Utc>,
+    ) {
+        self.switches += 1;
+        self.last_switch = Some(SwitchRecord {
+            at: Utc::now(),
+            decided_at,
+            from: from.map(|f| f.0),
+            to: to.map(|f| f.0),
+            reason: reason.to_owned(),
+            planned,
+            gap_ms,
+            added_latency_ms,
+        });
+    }
+
+    /// Rebuild the on-air feed's header and send it to synced FLV players;
+    /// keep the TS muxer on the same configuration.
+    fn refresh_header(&mut self, switched: bool) {
+        self.rebuild_header();
+        let header = self.header.clone();
+        for p in self
+            .players
+            .iter_mut()
+            .filter(|p| p.format == PlayerFormat::Flv)
+        {
+            p.send_header(&header);
+        }
+        self.ts_follow_on_air(switched);
+    }
+
+    fn rebuild_header(&mut self) {
+        self.header.clear();
+        let Some(on) = &self.on_air else { return };
+        let Some(slot) = self.feeds.get(&on.feed) else {
+            return;
+        };
+        let ts = self.clock.last_dts().unwrap_or(on.rebase.out_base).max(0) as u32;
+        if let Some(m) = &slot.metadata {
+            self.header.push(PlayerItem::Metadata(m.clone()));
+        }
+        if let Some(v) = &slot.video_cfg {
+            self.header.push(PlayerItem::Video {
+                ts,
+                body: media::flv_video_config(v),
+                keyframe: true,
+            });
+        }
+        if let Some(a) = &slot.audio_cfg {
+            self.header.push(PlayerItem::Audio {
+                ts,
+                body: media::flv_audio_config(a),
+            });
+        }
+    }
+
+    /// Rebase, mux once, fan out.
+    fn emit(&mut self, now: Instant, frame: &Frame) {
+        let Some(on) = &self.on_air else { return };
+        if frame.dts < on.rebase.in_base {
+            // Belongs before the cut point (e.g. audio ahead of the keyframe).
+            return;
+        }
+        let out = self.clock.enforce_monotonic(on.rebase.apply(frame));
+        self.clock.observe(&out);
+        self.last_emit = Some(now);
+        let audio_only = self
+            .header
+            .iter()
+            .all(|h| !matches!(h, PlayerItem::Video { .. }));
+        let sync_point = match out.track {
+            Track::Video => out.keyframe,
+            Track::Audio => audio_only,
+        };
+        let want_flv = self.players.iter().any(|p| p.format == PlayerFormat::Flv);
+        let want_ts = self.players.iter().any(|p| p.format == PlayerFormat::Ts);
+        let flv_item = want_flv.then(|| flv_item(&out));
+        let ts_item = if want_ts {
+            self.ts_follow_on_air(false);
+            let data = self.ts.as_mut().map(|m| m.mux(&out)).unwrap_or_default();
+            (!data.is_empty()).then_some(PlayerItem::Ts {
+                data,
+                keyframe: sync_point,
+            })
+        } else {
+            None
+        };
+        let mut bytes = 0u64;
+        let mut skipped = 0u64;
+        for p in &mut self.players {
+            let (item, header): (&PlayerItem, &[PlayerItem]) = match (p.format, &flv_item, &ts_item)
+            {
+                (PlayerFormat::Flv, Some(i), _) => (i, &self.header),
+                (PlayerFormat::Ts, _, Some(i)) => (i, &[]),
+                _ => continue,
+            };
+            match p.deliver(header, item, sync_point) {
+                Sent::Ok => bytes += item.payload_len() as u64,
+                Sent::Skipped => skipped += 1,
+            }
+        }
+        self.metrics.bytes_out.inc_by(bytes);
+        if skipped > 0 {
+            self.metrics.player_skips.inc_by(skipped);
+        }
+        let before = self.players.len();
+        self.players.retain(|p| !p.closed);
+        let gone = before - self.players.len();
+        if gone > 0 {
+            self.metrics.players.sub(gone as i64);
+        }
+    }
+
+    /// An RTMP (FLV) player.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn player_joined(&mut self, now: Instant, id: u64, tx: mpsc::Sender<PlayerItem>) {
+        self.player_joined_as(now, id, tx, PlayerFormat::Flv);
+    }
+
+    pub fn player_joined_as(
+        &mut self,
+        now: Instant,
+        id: u64,
+        tx: mpsc::Sender<PlayerItem>,
+        format: PlayerFormat,
+    ) {
+        let mut player = Player::new(id, tx, format);
+        self.metrics.players.inc();
+        if let Some(on) = &self.on_air {
+            if let Some(slot) = self.feeds.get(&on.feed) {
+                // Start at once from the on-air feed's cached GOP, with the
+                // timestamps those frames had when they went out.
+                let mut clock = OutputClock::new();
+                let frames: Vec<Frame> = slot
+                    .gop
+                    .frames()
+                    .filter(|f| f.dts >= on.rebase.in_base)
+                    .map(|f| {
+                        let out = clock.enforce_monotonic(on.rebase.apply(f));
+                        clock.observe(&out);
+                        out
+                    })
+                    .collect();
+                if !frames.is_empty() {
+                    match format {
+                        PlayerFormat::Flv => {
+                            let items: Vec<PlayerItem> = frames.iter().map(flv_item).collect();
+                            player.start(&self.header, &items);
+                        }
+                        PlayerFormat::Ts => {
+                            // A private muxer for the catch-up (the shared one's
+                            // counters must not move for other players) whose
+                            // counters lead into the shared one's: create that
+                            // now so the catch-up knows where it goes on.
+                            let configs: Vec<&media::CodecConfig> =
+                                slot.video_cfg.iter().chain(slot.audio_cfg.iter()).collect();
+                            let shared = self.ts.get_or_insert_with(|| {
+                                let mut m = TsMuxer::new();
+                                for cfg in &configs {
+                                    m.set_config(cfg);
+                                }
+                                m
+                            });
+                            let item = PlayerItem::Ts {
+                                data: shared.catch_up(&configs, &frames),
+                                keyframe: true,
+                            };
+                            player.start(&[], &[item]);
+                        }
+                    }
+                }
+            }
+        } else if self.vacant_since.is_none() && self.pending.is_none() {
+            self.vacant_since = Some(now);
+        }
+        self.players.push(player);
+    }
+
+    /// Keep the shared TS muxer's configuration on the on-air feed's; on a
+    /// switch, flag the discontinuity.
+    fn ts_follow_on_air(&mut self, switched: bool) {
+        if !self.players.iter().any(|p| p.format == PlayerFormat::Ts) && self.ts.is_none() {
+            return;
+        }
+        let Some(on) = &self.on_air else { return };
+        let Some(slot) = self.feeds.get(&on.feed) else {
+            return;
+        };
+        let fresh = self.ts.is_none();
+        let m = self.ts.get_or_insert_with(TsMuxer::new);
+        if fresh || switched {
+            for cfg in slot.video_cfg.iter().chain(slot.audio_cfg.iter()) {
+                m.set_config(cfg);
+            }
+        }
+        if switched && !fresh {
+            m.mark_discontinuity();
+        }
+    }
+
+    pub fn player_left(&mut self, id: u64) {
+        let before = self.players.len();
+        self.players.retain(|p| p.id != id);
+        if self.players.len() < before {
+            self.metrics.players.dec();
+        }
+    }
+
+    pub fn on_tick(&mut self, now: Instant) {
+        // Feeds without media for feed_timeout lose eligibility.
+        if let Some(timeout) = self.settings.feed_timeout {
+            let stale: Vec<FeedId> = self
+                .feeds
+                .iter()
+                .filter(|(_, f)| {
+                    f.healthy
+                        && f.last_media
+                            .is_some_and(|t| now.duration_since(t) >= timeout)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                if let Some(f) = self.feeds.get_mut(&id) {
+                    f.mark_unhealthy();
+                }
+                tracing::warn!(stream = %self.key.stream, source = %self.key.source, feed = %id, "feed timed out: no media");
+                self.health_changed(now, id, false);
+                self.on_air_lost(now, id);
+            }
+        }
+        if self.election.poll_timeout().is_some_and(|t| t <= now) {
+            let d = self.election.handle_timeout(now);
+            self.apply(now, d);
+        }
+        // A planned switch whose new feed sent no keyframe in time cuts at its cached one.
+        if let Some(p) = &self.pending {
+            if p.deadline.is_some_and(|d| d <= now) {
+                let p = self.pending.take().expect("checked");
+                tracing::warn!(stream = %self.key.stream, to = %p.to, "planned switch deadline passed; cutting at the cached keyframe");
+                self.cut(now, p.to, p.from, false, p.reason, p.decided);
+            }
+        }
+        // Players of a source vacant for too long are let go.
+        if let Some(since) = self.vacant_since {
+            if self.on_air.is_none()
+                && self.pending.is_none()
+                && now.duration_since(since) >= self.settings.vacant_hold
+            {
+                let n = self.players.len();
+                for p in &mut self.players {
+                    p.close("source vacant");
+                }
+                self.players.clear();
+                self.metrics.players.sub(n as i64);
+                self.vacant_since = None;
+            }
+        }
+    }
+
+    fn feed_view(&self, now: Instant, id: FeedId) -> Option<FeedView> {
+        let states = self.election.feeds();
+        self.describe(now, id, states.iter().find(|s| s.feed == id))
+    }
+
+    /// A feed's view, given its election state (if the election knows it).
+    fn describe(&self, now: Instant, id: FeedId, state: Option<&FeedState>) -> Option<FeedView> {
+        let slot = self.feeds.get(&id)?;
+        let primary = self.on_air.as_ref().map(|o| o.feed) == Some(id);
+        let (eligible, label) = match state {
+            _ if primary => (true, "on_air"),
+            Some(s) if s.draining => (false, "draining"),
+            Some(s) if s.in_flap_penalty => (false, "flap_penalty"),
+            Some(s) if s.eligible => (true, "standby"),
+            _ if slot.last_media.is_none() || (!slot.healthy && slot.keyframes == 0) => {
+                (false, "starting")
+            }
+            _ => (false, "unhealthy"),
+        };
+        Some(FeedView {
+            feed_id: id.0,
+            token_id: slot.meta.token_id.0,
+            label: slot.meta.label.clone(),
+            stream: self.key.stream.to_string(),
+            source_id: self.key.source.to_string(),
+            priority: slot.meta.priority.0,
+            pinned: slot.meta.pinned,
+            protocol: match slot.meta.protocol {
+                super::Protocol::Rtmp => "rtmp",
+                super::Protocol::Srt => "srt",
+                super::Protocol::Pull => "pull",
+            }
+            .into(),
+            peer: slot.meta.peer.to_string(),
+            node: self.settings.node.clone(),
+            region: self.settings.region.clone(),
+            connected_at: slot.connected_at,
+            state: label.into(),
+            eligible,
+            primary,
+            video_kbps: slot.video_kbps(now),
+            audio_kbps: slot.audio_kbps(now),
+            frames: slot.frames,
+            keyframes: slot.keyframes,
+            keyframe_interval_ms: slot.keyframe_interval_ms,
+            frame_interval_ms: slot.interval.interval_ms(),
+            srt: slot.srt.clone(),
+        })
+    }
+
+    pub fn view(&self, now: Instant) -> SourceView {
+        // Best first by the election order, then feeds it does not know yet.
+        let states = self.election.feeds();
+        let mut feeds: Vec<FeedView> = states
+            .iter()
+            .filter_map(|st| self.describe(now, st.feed, Some(st)))
+            .collect();
+        for id in self.feeds.keys() {
+            if !states.iter().any(|st| st.feed == *id) {
+                feeds.extend(self.describe(now, *id, None));
+            }
+        }
+        SourceView {
+            source_id: self.key.source.to_string(),
+            primary: self.on_air.as_ref().map(|o| o.feed.0),
+            state: if self.on_air.is_some() {
+                "on_air"
+            } else if self.pending.is_some() {
+                "switching"
+            } else {
+                "vacant"
+            }
+            .into(),
+            players: self.players.len(),
+            switches: self.switches,
+            last_switch: self.last_switch.clone(),
+            feeds,
+        }
+    }
+
+    fn token_feeds(&self, token: TokenId) -> Vec<FeedId> {
+        self.feeds
+            .iter()
+            .filter(|(_, f)| f.meta.token_id == token)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn reprioritize(
+        &mut self,
+        now: Instant,
+        token: TokenId,
+        priority: Option<i32>,
+        disconnect: bool,
+        report: &mut ReprioritizeReport,
+    ) {
+        for id in self.token_feeds(token) {
+            let Some(view) = self.feed_view(now, id) else {
+                continue;
+            };
+            if view.pinned {
+                report.pinned.push(view);
+                continue;
+            }
+            report.affected.push(view);
+            if disconnect {
+                let on_air = self.on_air.as_ref().map(|o| o.feed) == Some(id);
+                if let Some(slot) = self.feeds.get_mut(&id) {
+                    slot.draining = true;
+                    slot.disconnect_after_cut =
+                        Some("token reprioritized; reconnect to get the new priority".into());
+                    if !on_air {
+                        slot.disconnect("token reprioritized; reconnect to get the new priority");
+                    }
+                }
+                let d = self.election.handle_input(now, Input::Drain { feed: id });
+                self.apply(now, d);
+            } else {
+                if let Some(slot) = self.feeds.get_mut(&id) {
+                    slot.meta.priority = Priority(priority);
+                }
+                let d = self.election.handle_input(
+                    now,
+                    Input::PriorityChanged {
+                        feed: id,
+                        priority: Priority(priority),
+                    },
+                );
+                self.apply(now, d);
+            }
+        }
+    }
+
+    /// Disconnect every feed of a token at once (unplanned for the on-air one).
+    pub fn disconnect_token(
+        &mut self,
+        now: Instant,
+        token: TokenId,
+        reason: &str,
+    ) -> Vec<FeedView> {
+        let mut gone = Vec::new();
+        for id in self.token_feeds(token) {
+            if let Some(v) = self.feed_view(now, id) {
+                gone.push(v);
+            }
+            if let Some(slot) = self.feeds.get(&id) {
+                slot.disconnect(reason);
+            }
+            self.feed_left(now, id);
+        }
+        gone
+    }
+
+    pub fn kick(&mut self, now: Instant, feed: FeedId) -> Option<FeedView> {
+        let view = self.feed_view(now, feed)?;
+        if let Some(slot) = self.feeds.get(&feed) {
+            slot.disconnect("kicked by an operator");
+        }
+        self.feed_left(now, feed);
+        Some(view)
+    }
+}

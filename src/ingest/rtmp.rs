@@ -1,0 +1,699 @@
+//! The RTMP server: one tokio task per connection around rml_rtmp's
+//! sans-IO `ServerSession`.
+//!
+//! A connection is in one state at a time ([`State`]): idle after the
+//! handshake, publishing one feed, or playing one source. Publish requests
+//! are answered only after admission (`auth::publish`) and the engine
+//! accepted the feed; refusals carry the reason in the `onStatus`
+//! description. A panic or protocol error inside rml_rtmp closes that
+//! session only and is logged with the peer.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::url::{parse_stream_key, StreamRequest};
+use super::IngestContext;
+use crate::auth::publish::AdmitError;
+use crate::domain::{FeedId, Priority};
+use crate::egress::rtmp::write_player_items;
+use crate::engine::PlayerFormat;
+use crate::engine::{
+    FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, PublishRefusal, SourceKey,
+};
+use crate::media::{self, FlvItem, TimestampUnwrapper, Track};
+
+/// Accept connections until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<IngestContext>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "RTMP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let slot = match ctx.limits.acquire(peer.ip()) {
+                Ok(s) => s,
+                Err(which) => {
+                    tracing::warn!(%peer, limit = ?which, "RTMP connection refused: limit reached");
+                    return;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            match Connection::run(sock, peer, &ctx, cancel).await {
+                Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
+                Err(e) => {
+                    ctx.metrics
+                        .session_errors
+                        .with_label_values(&["rtmp", e.kind()])
+                        .inc();
+                    tracing::warn!(%peer, error = %e, "RTMP session closed");
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("rml_rtmp panicked on the peer's input: {0}")]
+    Panic(String),
+    #[error("RTMP message larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("idle for too long")]
+    Idle,
+    #[error("the engine has stopped")]
+    EngineGone,
+}
+
+impl SessionError {
+    fn kind(&self) -> &'static str {
+        match self {
+            SessionError::Io(_) => "io",
+            SessionError::Handshake(_) => "handshake",
+            SessionError::HandshakeTimeout => "handshake_timeout",
+            SessionError::Protocol(_) => "protocol",
+            SessionError::Panic(_) => "panic",
+            SessionError::TooLarge(_) => "too_large",
+            SessionError::Idle => "idle",
+            SessionError::EngineGone => "engine",
+        }
+    }
+}
+
+enum State {
+    Idle,
+    Publishing {
+        feed: FeedId,
+        control: mpsc::Receiver<FeedControl>,
+        video_ts: TimestampUnwrapper,
+        audio_ts: TimestampUnwrapper,
+    },
+    Playing {
+        stream_id: u32,
+        key: SourceKey,
+        player: u64,
+        items: mpsc::Receiver<PlayerItem>,
+    },
+}
+
+struct Connection<'a> {
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &'a IngestContext,
+    session: ServerSession,
+    state: State,
+    out: Vec<u8>,
+    /// Bytes fed to the session since it last completed a message.
+    pending_bytes: usize,
+}
+
+async fn handshake(sock: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, SessionError> {
+    let mut hs = Handshake::new(PeerType::Server);
+    loop {
+        let n = sock.read(buf).await?;
+        if n == 0 {
+            return Err(SessionError::Handshake(
+                "peer closed during the handshake".into(),
+            ));
+        }
+        match hs
+            .process_bytes(&buf[..n])
+            .map_err(|e| SessionError::Handshake(format!("{e:?}")))?
+        {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                sock.write_all(&response_bytes).await?
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                sock.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
+
+impl<'a> Connection<'a> {
+    async fn run(
+        mut sock: TcpStream,
+        peer: SocketAddr,
+        ctx: &'a IngestContext,
+        cancel: CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let hs_timeout = Duration::from_millis(ctx.rtmp.handshake_timeout_ms);
+        let remaining = tokio::time::timeout(hs_timeout, handshake(&mut sock, &mut buf))
+            .await
+            .map_err(|_| SessionError::HandshakeTimeout)??;
+        let (session, initial) = ServerSession::new(ServerSessionConfig::new())
+            .map_err(|e| SessionError::Protocol(format!("{e:?}")))?;
+        let mut conn = Connection {
+            sock,
+            peer,
+            ctx,
+            session,
+            state: State::Idle,
+            out: Vec::with_capacity(16 * 1024),
+            pending_bytes: 0,
+        };
+        let result = conn.serve(initial, remaining, &mut buf, cancel).await;
+        conn.finish().await;
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        initial: Vec<ServerSessionResult>,
+        remaining: Vec<u8>,
+        buf: &mut [u8],
+        cancel: CancellationToken,
+    ) -> Result<(), SessionError> {
+        self.process(initial).await?;
+        if !remaining.is_empty() {
+            let results = self.input(&remaining)?;
+            self.process(results).await?;
+        }
+        self.flush().await?;
+        let idle = Duration::from_millis(self.ctx.rtmp.idle_timeout_ms);
+        loop {
+            let read_deadline = match self.state {
+                State::Playing { .. } => None,
+                _ => Some(tokio::time::Instant::now() + idle),
+            };
+            enum Wake {
+                Read(usize),
+                Control(Option<FeedControl>),
+                Item(Option<PlayerItem>),
+                Idle,
+                Stop,
+            }
+            let is_idle = matches!(self.state, State::Idle);
+            let wake = {
+                let sleep = async {
+                    match read_deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let state = &mut self.state;
+                let from_engine = async move {
+                    match state {
+                        State::Publishing { control, .. } => Wake::Control(control.recv().await),
+                        State::Playing { items, .. } => Wake::Item(items.recv().await),
+                        State::Idle => std::future::pending().await,
+                    }
+                };
+                let sock = &mut self.sock;
+                tokio::select! {
+                    r = sock.read(buf) => Wake::Read(r?),
+                    w = from_engine => w,
+                    _ = sleep => Wake::Idle,
+                    _ = cancel.cancelled(), if is_idle => Wake::Stop,
+                }
+            };
+            match wake {
+                Wake::Read(0) => return Ok(()),
+                Wake::Read(n) => {
+                    let results = self.input(&buf[..n])?;
+                    self.process(results).await?;
+                    self.flush().await?;
+                }
+                Wake::Control(c) => {
+                    let reason = match c {
+                        Some(FeedControl::Disconnect { reason }) => reason,
+                        None => "engine dropped the feed".into(),
+                    };
+                    tracing::info!(peer = %self.peer, %reason, "disconnecting publisher");
+                    return Ok(());
+                }
+                Wake::Item(Some(first)) => {
+                    if !self.play_items(first)? {
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                    self.flush().await?;
+                }
+                Wake::Item(None) => return Ok(()),
+                Wake::Idle => return Err(SessionError::Idle),
+                Wake::Stop => return Ok(()),
+            }
+        }
+    }
+
+    /// Feed bytes to rml_rtmp, guarding against its panics and against
+    /// oversized messages.
+    fn input(&mut self, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, SessionError> {
+        let session = &mut self.session;
+        let results = std::panic::catch_unwind(AssertUnwindSafe(|| session.handle_input(bytes)))
+            .map_err(|p| {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                SessionError::Panic(msg)
+            })?
+            .map_err(|e| SessionError::Protocol(format!("{e:?}")))?;
+        let completed = results
+            .iter()
+            .any(|r| !matches!(r, ServerSessionResult::OutboundResponse(_)));
+        if completed {
+            self.pending_bytes = 0;
+        } else {
+            self.pending_bytes += bytes.len();
+            if self.pending_bytes > self.ctx.rtmp.max_message_bytes {
+                return Err(SessionError::TooLarge(self.ctx.rtmp.max_message_bytes));
+            }
+        }
+        Ok(results)
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.out.is_empty() {
+            self.sock.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, results: Vec<ServerSessionResult>) -> Result<(), SessionError> {
+        for r in results {
+            match r {
+                ServerSessionResult::OutboundResponse(p) => self.out.extend_from_slice(&p.bytes),
+                ServerSessionResult::RaisedEvent(ev) => self.event(ev).await?,
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn push_results(
+        &mut self,
+        r: Result<Vec<ServerSessionResult>, rml_rtmp::sessions::ServerSessionError>,
+    ) -> Result<(), SessionError> {
+        for r in r.map_err(|e| SessionError::Protocol(format!("{e:?}")))? {
+            if let ServerSessionResult::OutboundResponse(p) = r {
+                self.out.extend_from_slice(&p.bytes);
+            }
+        }
+        Ok(())
+    }
+
+    async fn event(&mut self, ev: ServerSessionEvent) -> Result<(), SessionError> {
+        match ev {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
+                if app_name == "live" || app_name.starts_with("live/") {
+                    let r = self.session.accept_request(request_id);
+                    self.push_results(r)?;
+                } else {
+                    tracing::info!(peer = %self.peer, app = %app_name, "RTMP connect refused: unknown application");
+                    let r = self.session.reject_request(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        "unknown application; use rtmp://HOST/live/STREAM",
+                    );
+                    self.push_results(r)?;
+                }
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                ..
+            } => {
+                self.publish_requested(request_id, &app_name, &stream_key)
+                    .await?
+            }
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                if let State::Publishing { feed, .. } =
+                    std::mem::replace(&mut self.state, State::Idle)
+                {
+                    self.ctx.engine.unpublish(feed).await;
+                }
+            }
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                if let State::Publishing { feed, .. } = &self.state {
+                    let feed = *feed;
+                    self.send_media(feed, FeedMedia::Metadata(Arc::new(metadata)))
+                        .await?;
+                }
+            }
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => self.flv_tag(Track::Video, &data, timestamp.value).await?,
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => self.flv_tag(Track::Audio, &data, timestamp.value).await?,
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                stream_id,
+                ..
+            } => {
+                self.play_requested(request_id, &app_name, &stream_key, stream_id)
+                    .await?
+            }
+            ServerSessionEvent::PlayStreamFinished { .. } => {
+                if let State::Playing { key, player, .. } =
+                    std::mem::replace(&mut self.state, State::Idle)
+                {
+                    self.ctx.engine.unplay(key, player).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Demux one FLV audio or video tag of the feed being published.
+    async fn flv_tag(&mut self, track: Track, data: &[u8], ts: u32) -> Result<(), SessionError> {
+        let State::Publishing {
+            feed,
+            video_ts,
+            audio_ts,
+            ..
+        } = &mut self.state
+        else {
+            return Ok(());
+        };
+        let feed = *feed;
+        let parsed = match track {
+            Track::Video => media::parse_flv_video(data, video_ts.unwrap(ts)),
+            Track::Audio => media::parse_flv_audio(data, audio_ts.unwrap(ts)),
+        };
+        match parsed {
+            Ok(FlvItem::Config(c)) => self.send_media(feed, FeedMedia::Config(c)).await,
+            Ok(FlvItem::Frame(f)) => self.send_media(feed, FeedMedia::Frame(f)).await,
+            Ok(FlvItem::Ignored) => Ok(()),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, ?track, error = %e, "FLV tag ignored");
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_media(&mut self, feed: FeedId, media: FeedMedia) -> Result<(), SessionError> {
+        self.ctx
+            .engine
+            .media(feed, media)
+            .await
+            .map_err(|_| SessionError::EngineGone)
+    }
+
+    fn refuse_publish(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        let r = self.session.reject_request(request_id, code, reason);
+        self.push_results(r)
+    }
+
+    /// `app` may carry part of the stream name (`live/event` + `cam1`).
+    fn full_key(app: &str, stream_key: &str) -> String {
+        match app.strip_prefix("live/") {
+            Some(prefix) if !prefix.is_empty() => format!("{prefix}/{stream_key}"),
+            _ => stream_key.to_owned(),
+        }
+    }
+
+    async fn publish_requested(
+        &mut self,
+        request_id: u32,
+        app: &str,
+        stream_key: &str,
+    ) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Idle) {
+            return self.refuse_publish(
+                request_id,
+                "NetStream.Publish.BadConnection",
+                "this connection is already in use",
+            );
+        }
+        if self.ctx.readiness.is_draining() {
+            tracing::info!(peer = %self.peer, "publish refused: shutting down");
+            self.ctx
+                .metrics
+                .admission_refusals
+                .with_label_values(&["shutting_down"])
+                .inc();
+            return self.refuse_publish(request_id, "NetStream.Publish.Rejected", "SHUTTING_DOWN");
+        }
+        let req = match parse_stream_key(&Self::full_key(app, stream_key)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "publish refused: bad stream key");
+                self.ctx
+                    .metrics
+                    .admission_refusals
+                    .with_label_values(&["bad_request"])
+                    .inc();
+                return self.refuse_publish(
+                    request_id,
+                    "NetStream.Publish.BadName",
+                    &e.to_string(),
+                );
+            }
+        };
+        let StreamRequest {
+            stream,
+            source,
+            token,
+            priority,
+        } = req;
+        let Some(token) = token else {
+            self.ctx
+                .metrics
+                .admission_refusals
+                .with_label_values(&["missing_token"])
+                .inc();
+            tracing::info!(peer = %self.peer, stream = %stream, "publish refused: no token");
+            return self.refuse_publish(
+                request_id,
+                "NetStream.Publish.BadName",
+                "missing ?token= in the stream key",
+            );
+        };
+        let admitted = match self
+            .ctx
+            .admission
+            .check(&token, &stream, &source, self.peer.ip(), chrono::Utc::now())
+            .await
+        {
+            Ok(a) => a,
+            Err(AdmitError::Refused(r)) => {
+                self.ctx
+                    .metrics
+                    .admission_refusals
+                    .with_label_values(&[r.code()])
+                    .inc();
+                tracing::info!(peer = %self.peer, stream = %stream, source = %source, reason = r.code(), "publish refused");
+                return self.refuse_publish(
+                    request_id,
+                    "NetStream.Publish.BadName",
+                    r.public_message(),
+                );
+            }
+            Err(AdmitError::Unavailable(e)) => {
+                self.ctx
+                    .metrics
+                    .admission_refusals
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                tracing::warn!(peer = %self.peer, stream = %stream, error = %e, "publish refused: token store unavailable");
+                return self.refuse_publish(
+                    request_id,
+                    "NetStream.Publish.Rejected",
+                    "token check unavailable; retry",
+                );
+            }
+        };
+        let meta = FeedMeta {
+            id: FeedId::new_random(),
+            token_id: admitted.token_id,
+            label: admitted.label,
+            priority: priority
+                .map(|p| Priority(Some(p)))
+                .unwrap_or(admitted.priority),
+            pinned: priority.is_some(),
+            protocol: Protocol::Rtmp,
+            peer: self.peer,
+        };
+        let key = SourceKey {
+            stream: stream.clone(),
+            source,
+        };
+        match self
+            .ctx
+            .engine
+            .publish(key, meta)
+            .await
+            .map_err(|_| SessionError::EngineGone)?
+        {
+            Ok(handle) => {
+                let r = self.session.accept_request(request_id);
+                self.push_results(r)?;
+                tracing::info!(peer = %self.peer, stream = %stream, feed = %handle.id, "publishing");
+                self.state = State::Publishing {
+                    feed: handle.id,
+                    control: handle.control,
+                    video_ts: TimestampUnwrapper::new(),
+                    audio_ts: TimestampUnwrapper::new(),
+                };
+                Ok(())
+            }
+            Err(refusal) => {
+                let code = match refusal {
+                    PublishRefusal::Banned { .. } => "banned",
+                    PublishRefusal::ShuttingDown => "shutting_down",
+                };
+                self.ctx
+                    .metrics
+                    .admission_refusals
+                    .with_label_values(&[code])
+                    .inc();
+                tracing::info!(peer = %self.peer, stream = %stream, reason = %refusal, "publish refused");
+                let text = match refusal {
+                    PublishRefusal::ShuttingDown => "SHUTTING_DOWN".to_owned(),
+                    other => other.to_string(),
+                };
+                self.refuse_publish(request_id, "NetStream.Publish.Rejected", &text)
+            }
+        }
+    }
+
+    async fn play_requested(
+        &mut self,
+        request_id: u32,
+        app: &str,
+        stream_key: &str,
+        stream_id: u32,
+    ) -> Result<(), SessionError> {
+        let refuse = |this: &mut Self, reason: &str| {
+            let r = this
+                .session
+                .reject_request(request_id, "NetStream.Play.Failed", reason);
+            this.push_results(r)
+        };
+        if !matches!(self.state, State::Idle) {
+            return refuse(self, "this connection is already in use");
+        }
+        if self.ctx.readiness.is_draining() {
+            return refuse(self, "SHUTTING_DOWN");
+        }
+        let req = match parse_stream_key(&Self::full_key(app, stream_key)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "play refused: bad stream key");
+                return refuse(self, &e.to_string());
+            }
+        };
+        if self.ctx.rtmp.play_requires_token {
+            let Some(token) = &req.token else {
+                return refuse(self, "missing ?token= in the play URL");
+            };
+            if let Err(e) = self
+                .ctx
+                .admission
+                .check(
+                    token,
+                    &req.stream,
+                    &req.source,
+                    self.peer.ip(),
+                    chrono::Utc::now(),
+                )
+                .await
+            {
+                let msg = match e {
+                    AdmitError::Refused(r) => r.public_message(),
+                    AdmitError::Unavailable(_) => "token check unavailable; retry",
+                };
+                tracing::info!(peer = %self.peer, stream = %req.stream, "play refused: {msg}");
+                return refuse(self, msg);
+            }
+        }
+        let r = self.session.accept_request(request_id);
+        self.push_results(r)?;
+        let key = SourceKey {
+            stream: req.stream,
+            source: req.source,
+        };
+        let handle = self
+            .ctx
+            .engine
+            .play(key.clone(), PlayerFormat::Flv)
+            .await
+            .map_err(|_| SessionError::EngineGone)?;
+        tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+        self.state = State::Playing {
+            stream_id,
+            key,
+            player: handle.id,
+            items: handle.items,
+        };
+        Ok(())
+    }
+
+    /// Serialize the first item and whatever else is queued. Returns false
+    /// when the engine closed the source for this player.
+    fn play_items(&mut self, first: PlayerItem) -> Result<bool, SessionError> {
+        let State::Playing {
+            stream_id, items, ..
+        } = &mut self.state
+        else {
+            return Ok(true);
+        };
+        write_player_items(&mut self.session, *stream_id, first, items, &mut self.out)
+            .map_err(|e| SessionError::Protocol(format!("{e:?}")))
+    }
+
+    /// Tell the engine this connection is gone.
+    async fn finish(&mut self) {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Publishing { feed, .. } => self.ctx.engine.unpublish(feed).await,
+            State::Playing { key, player, .. } => self.ctx.engine.unplay(key, player).await,
+            State::Idle => {}
+        }
+        let _ = self.sock.shutdown().await;
+    }
+}

@@ -1,0 +1,291 @@
+//! Parsing of the publish and play parameters carried in a stream key
+//! (`STREAM?token=T&priority=N&sourceId=ID`), shared by RTMP and the SRT
+//! free-form stream id.
+
+use crate::domain::{SourceId, StreamName};
+
+/// What a publish or play request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    pub stream: StreamName,
+    pub source: SourceId,
+    pub token: Option<String>,
+    /// `priority=N`: pins the feed's priority.
+    pub priority: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid stream name: {0}")]
+    Stream(String),
+    #[error("invalid sourceId: {0}")]
+    Source(String),
+    #[error("invalid priority {0:?}: expected an integer")]
+    Priority(String),
+    #[error("malformed query parameter {0:?}")]
+    Query(String),
+    #[error("parameter {0} given twice")]
+    Duplicate(&'static str),
+}
+
+/// Decode `%XX` and `+`; invalid escapes are an error.
+fn percent_decode(s: &str) -> Result<String, RequestError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| RequestError::Query(s.to_owned()))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| RequestError::Query(s.to_owned()))
+}
+
+/// Parse `STREAM[?k=v&...]`. Unknown parameters are ignored (encoders add
+/// their own); known ones are validated.
+pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
+    let (name, query) = match key.split_once('?') {
+        Some((n, q)) => (n, q),
+        None => (key, ""),
+    };
+    let name = percent_decode(name)?;
+    let stream: StreamName = name
+        .parse()
+        .map_err(|e: crate::domain::NameError| RequestError::Stream(e.to_string()))?;
+    let mut source: Option<SourceId> = None;
+    let mut token: Option<String> = None;
+    let mut priority: Option<i32> = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)?;
+        match k {
+            "token" if token.is_some() => return Err(RequestError::Duplicate("token")),
+            "token" => token = Some(v),
+            "priority" => {
+                let p = v
+                    .trim()
+                    .parse::<i32>()
+                    .map_err(|_| RequestError::Priority(v.clone()))?;
+                if priority.replace(p).is_some() {
+                    return Err(RequestError::Duplicate("priority"));
+                }
+            }
+            "sourceId" => {
+                let s: SourceId = v
+                    .parse()
+                    .map_err(|e: crate::domain::NameError| RequestError::Source(e.to_string()))?;
+                if source.replace(s).is_some() {
+                    return Err(RequestError::Duplicate("sourceId"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(StreamRequest {
+        stream,
+        source: source.unwrap_or_default(),
+        token,
+        priority,
+    })
+}
+
+/// What an SRT caller asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtMode {
+    Publish,
+    Request,
+}
+
+/// Why an SRT stream id was refused (mapped to reject codes by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamIdError {
+    #[error("missing stream id")]
+    Missing,
+    #[error("malformed stream id: {0}")]
+    Malformed(String),
+    #[error("unsupported mode {0:?}: use m=publish or m=request")]
+    BadMode(String),
+}
+
+/// Parse an SRT stream id: the Access Control form
+/// `#!::r=STREAM,m=publish,s=TOKEN[,user_priority=N][,user_source=ID]` or
+/// the free form `STREAM?token=T[&priority=N][&sourceId=ID]` (publish when a
+/// token is present, else request).
+pub fn parse_srt_stream_id(raw: Option<&str>) -> Result<(SrtMode, StreamRequest), StreamIdError> {
+    let raw = raw
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(StreamIdError::Missing)?;
+    if raw.len() > 512 {
+        return Err(StreamIdError::Malformed("longer than 512 bytes".into()));
+    }
+    let Some(body) = raw.strip_prefix("#!::") else {
+        let req = parse_stream_key(raw).map_err(|e| StreamIdError::Malformed(e.to_string()))?;
+        let mode = if req.token.is_some() {
+            SrtMode::Publish
+        } else {
+            SrtMode::Request
+        };
+        return Ok((mode, req));
+    };
+    let (mut r, mut m, mut s, mut prio, mut src) = (None, None, None, None, None);
+    for kv in body.split(',').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| StreamIdError::Malformed(format!("{kv:?} is not key=value")))?;
+        let slot = match k {
+            "r" => &mut r,
+            "m" => &mut m,
+            "s" => &mut s,
+            "user_priority" => &mut prio,
+            "user_source" => &mut src,
+            // Standard keys we do not use (t = type, u = user, h = host).
+            _ => continue,
+        };
+        if slot.replace(v.to_owned()).is_some() {
+            return Err(StreamIdError::Malformed(format!("key {k} given twice")));
+        }
+    }
+    let name = r.ok_or_else(|| StreamIdError::Malformed("missing r=STREAM".into()))?;
+    let stream: StreamName = name
+        .parse()
+        .map_err(|e: crate::domain::NameError| StreamIdError::Malformed(e.to_string()))?;
+    let mode = match m.as_deref().unwrap_or("request") {
+        "publish" => SrtMode::Publish,
+        "request" => SrtMode::Request,
+        other => return Err(StreamIdError::BadMode(other.to_owned())),
+    };
+    let priority = match prio {
+        Some(p) => Some(p.trim().parse::<i32>().map_err(|_| {
+            StreamIdError::Malformed(format!("user_priority {p:?} is not an integer"))
+        })?),
+        None => None,
+    };
+    let source = match src {
+        Some(s) => s
+            .parse::<SourceId>()
+            .map_err(|e: crate::domain::NameError| StreamIdError::Malformed(e.to_string()))?,
+        None => SourceId::default(),
+    };
+    Ok((
+        mode,
+        StreamRequest {
+            stream,
+            source,
+            token: s,
+            priority,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_parameters() {
+        let r = parse_stream_key("match1?token=abc.def.ghi&priority=-5&sourceId=cam2&x=1").unwrap();
+        assert_eq!(r.stream.as_str(), "match1");
+        assert_eq!(r.source.as_str(), "cam2");
+        assert_eq!(r.token.as_deref(), Some("abc.def.ghi"));
+        assert_eq!(r.priority, Some(-5));
+        let r = parse_stream_key("ev/cam%2D1").unwrap();
+        assert_eq!(r.stream.as_str(), "ev/cam-1");
+        assert!(r.token.is_none() && r.source.is_default() && r.priority.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        assert!(matches!(parse_stream_key(""), Err(RequestError::Stream(_))));
+        assert!(matches!(
+            parse_stream_key("a b"),
+            Err(RequestError::Stream(_))
+        ));
+        assert!(matches!(
+            parse_stream_key("s?priority=high"),
+            Err(RequestError::Priority(_))
+        ));
+        assert!(matches!(
+            parse_stream_key("s?sourceId=a/b"),
+            Err(RequestError::Source(_))
+        ));
+        assert!(matches!(
+            parse_stream_key("s?token=%zz"),
+            Err(RequestError::Query(_))
+        ));
+        assert!(matches!(
+            parse_stream_key("s?token=a&token=b"),
+            Err(RequestError::Duplicate("token"))
+        ));
+    }
+
+    #[test]
+    fn srt_stream_ids() {
+        let (m, r) = parse_srt_stream_id(Some(
+            "#!::r=match1,m=publish,s=a.b.c,user_priority=7,user_source=cam2",
+        ))
+        .unwrap();
+        assert_eq!(m, SrtMode::Publish);
+        assert_eq!(r.stream.as_str(), "match1");
+        assert_eq!(r.token.as_deref(), Some("a.b.c"));
+        assert_eq!(r.priority, Some(7));
+        assert_eq!(r.source.as_str(), "cam2");
+        let (m, r) = parse_srt_stream_id(Some("#!::r=ev/x,m=request")).unwrap();
+        assert_eq!(m, SrtMode::Request);
+        assert!(r.token.is_none());
+        let (m, r) = parse_srt_stream_id(Some("match1?token=t&priority=3")).unwrap();
+        assert_eq!(m, SrtMode::Publish);
+        assert_eq!(r.priority, Some(3));
+        assert_eq!(
+            parse_srt_stream_id(Some("match1")).unwrap().0,
+            SrtMode::Request
+        );
+        assert_eq!(parse_srt_stream_id(None), Err(StreamIdError::Missing));
+        assert!(matches!(
+            parse_srt_stream_id(Some("#!::r=a,m=bidirectional")),
+            Err(StreamIdError::BadMode(_))
+        ));
+        assert!(matches!(
+            parse_srt_stream_id(Some("#!::m=publish")),
+            Err(StreamIdError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_srt_stream_id(Some("#!::r=a,r=b")),
+            Err(StreamIdError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_srt_stream_id(Some("#!::r=a,user_priority=x")),
+            Err(StreamIdError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_srt_stream_id(Some("#!::r=a b")),
+            Err(StreamIdError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in ".{0,300}") {
+            let _ = parse_stream_key(&s);
+            let _ = parse_srt_stream_id(Some(&s));
+            let _ = parse_srt_stream_id(Some(&format!("#!::{s}")));
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Primacy: a live-video ingest gateway for redundant publishing.
+//!
+//! Encoders publish with tokens that carry a priority; per source the
+//! gateway elects the highest-priority live feed. This crate holds the
+//! library; `src/main.rs` is the CLI. See DESIGN in the docs for the parts.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod egress;
+pub mod election;
+pub mod engine;
+pub mod ingest;
+pub mod lifecycle;
+pub mod media;
+pub mod metrics;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,33 @@
+//! The `primacy` binary: parses the command line and runs it.
+
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use primacy::cli::{Cli, Command};
+use primacy::config::Config;
+
+fn main() {
+    let cli = Cli::parse();
+    primacy::telemetry::init();
+    // A panic inside one session (e.g. a protocol library on hostile input)
+    // closes that session only; log it as a structured event.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "panic caught; the task that panicked is closed");
+    }));
+    let result = match cli.command {
+        Command::Serve => Config::load(cli.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                config.validate_for_serve()?;
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(primacy::lifecycle::serve(config))
+            }),
+        _ => primacy::cli::run(cli),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

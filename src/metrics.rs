@@ -1,0 +1,141 @@
+//! Prometheus metrics, served as text at `GET /metrics`. One registry per
+//! process (tests run several gateways in one process, so no global).
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub feeds: IntGauge,
+    pub players: IntGauge,
+    pub active_priority: GaugeVec,
+    pub switches: IntCounterVec,
+    pub admission_refusals: IntCounterVec,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub switch_gap: Histogram,
+    pub player_skips: IntCounter,
+    pub session_errors: IntCounterVec,
+    pub srt_rx_packets: IntCounter,
+    pub srt_rx_loss: IntCounter,
+    pub srt_rx_retransmitted: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("primacy".into()), None).expect("registry");
+        let feeds =
+            IntGauge::new("feeds", "Publishing feeds connected to this node").expect("metric");
+        let players = IntGauge::new("players", "Players connected to this node").expect("metric");
+        let active_priority = GaugeVec::new(
+            Opts::new(
+                "source_active_priority",
+                "Effective priority of the feed on air per source (absent: none on air)",
+            ),
+            &["stream", "source"],
+        )
+        .expect("metric");
+        let switches = IntCounterVec::new(
+            Opts::new("switches_total", "Primary switches by reason and kind"),
+            &["reason", "planned"],
+        )
+        .expect("metric");
+        let admission_refusals = IntCounterVec::new(
+            Opts::new("admission_refusals_total", "Refused publishes by reason"),
+            &["reason"],
+        )
+        .expect("metric");
+        let bytes_in = IntCounter::new(
+            "media_bytes_in_total",
+            "Media payload bytes received from feeds",
+        )
+        .expect("metric");
+        let bytes_out = IntCounter::new(
+            "media_bytes_out_total",
+            "Media payload bytes queued to players",
+        )
+        .expect("metric");
+        let switch_gap = Histogram::with_opts(
+            HistogramOpts::new(
+                "switch_gap_seconds",
+                "Time between the last frame of the old primary and the first of the new one, per switch",
+            )
+            .buckets(vec![0.0, 0.017, 0.033, 0.05, 0.083, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0]),
+        )
+        .expect("metric");
+        let player_skips = IntCounter::new(
+            "player_skips_total",
+            "Times a lagging player skipped to the next keyframe",
+        )
+        .expect("metric");
+        let session_errors = IntCounterVec::new(
+            Opts::new(
+                "session_errors_total",
+                "Sessions closed by a protocol error, by protocol and kind",
+            ),
+            &["protocol", "kind"],
+        )
+        .expect("metric");
+        let srt_rx_packets =
+            IntCounter::new("srt_rx_packets_total", "Data packets received on SRT feeds")
+                .expect("metric");
+        let srt_rx_loss = IntCounter::new(
+            "srt_rx_loss_packets_total",
+            "Packets SRT feeds reported lost",
+        )
+        .expect("metric");
+        let srt_rx_retransmitted = IntCounter::new(
+            "srt_rx_retransmitted_packets_total",
+            "Retransmitted packets received on SRT feeds",
+        )
+        .expect("metric");
+        for m in [
+            Box::new(feeds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(players.clone()),
+            Box::new(active_priority.clone()),
+            Box::new(switches.clone()),
+            Box::new(admission_refusals.clone()),
+            Box::new(bytes_in.clone()),
+            Box::new(bytes_out.clone()),
+            Box::new(switch_gap.clone()),
+            Box::new(player_skips.clone()),
+            Box::new(session_errors.clone()),
+            Box::new(srt_rx_packets.clone()),
+            Box::new(srt_rx_loss.clone()),
+            Box::new(srt_rx_retransmitted.clone()),
+        ] {
+            registry.register(m).expect("register metric");
+        }
+        Self {
+            registry,
+            feeds,
+            players,
+            active_priority,
+            switches,
+            admission_refusals,
+            bytes_in,
+            bytes_out,
+            switch_gap,
+            player_skips,
+            session_errors,
+            srt_rx_packets,
+            srt_rx_loss,
+            srt_rx_retransmitted,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
