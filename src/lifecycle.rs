@@ -1,9 +1,22 @@
-//! Start-up, readiness and shutdown of a gateway process (DESIGN section 7).
+//! Start-up, readiness and drain of a gateway process (DESIGN section 7).
 //!
-//! Start-up, logged step by step with timings: database (with backoff) →
-//! migrations (when configured) → bind listeners → ready. Shutdown is one
-//! cancellation tree: the caller cancels the token, readiness goes 503
-//! first, then the HTTP server stops gracefully within `shutdown.max_wait_ms`.
+//! Start-up runs seven steps in order, each logged with the time it took:
+//! database (with backoff) → migrations (when configured) → load
+//! definitions → bind listeners → start pull inputs and push outputs →
+//! join the cluster → ready. `/api/ready` answers 503 until the last one.
+//! A step with nothing to do yet says so in its log line.
+//!
+//! The drain (SIGTERM/SIGINT or `POST /api/v1/node/drain`) is one
+//! cancellation tree with two tokens:
+//! - the **drain** token ([`Readiness::drain_token`]): readiness goes 503
+//!   and new publishes and plays are refused (RTMP `SHUTTING_DOWN`, SRT
+//!   1503) at once; listeners stay open so that refusals reach the client;
+//! - the **stop** token, cancelled once every session ended or
+//!   `shutdown.max_wait_ms` passed: listeners close and remaining sessions
+//!   (players and publishers, RTMP and SRT) are closed.
+//!
+//! Around them: the cluster lease is marked draining first, push outputs
+//! flush after the sessions, and the lease is released last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState, Readiness};
 use crate::auth::jwt::KeySet;
@@ -20,7 +34,6 @@ use crate::engine::{self, EngineHandle, EngineSettings};
 use crate::ingest::{self, ConnectionLimits, IngestContext};
 use crate::metrics::Metrics;
 use crate::store::{self, Db};
-use tokio_util::task::TaskTracker;
 
 /// A started gateway: its bound addresses and its shared parts.
 pub struct Running {
@@ -29,7 +42,9 @@ pub struct Running {
     pub srt_addr: SocketAddr,
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
-    cancel: CancellationToken,
+    /// Closes listeners and every remaining session (end of the drain).
+    stop: CancellationToken,
+    /// Every RTMP and SRT connection.
     sessions: TaskTracker,
     pub readiness: Arc<Readiness>,
     pub admission: Arc<Admission>,
@@ -53,7 +68,78 @@ pub enum StartError {
     },
 }
 
-/// Run every start-up step and return once the node is ready.
+const STEPS: u8 = 7;
+
+/// One start-up step: logged when it ends, with the time it took.
+struct Step {
+    n: u8,
+    name: &'static str,
+    began: Instant,
+}
+
+impl Step {
+    fn begin(n: u8, name: &'static str) -> Self {
+        tracing::debug!(step = name, "start-up {n}/{STEPS}: {name}");
+        Self {
+            n,
+            name,
+            began: Instant::now(),
+        }
+    }
+
+    fn elapsed_ms(&self) -> f64 {
+        (self.began.elapsed().as_secs_f64() * 1e4).round() / 10.0
+    }
+
+    /// The step did its work; `detail` says what it found or did.
+    fn done(self, detail: &str) {
+        let elapsed_ms = self.elapsed_ms();
+        tracing::info!(
+            step = self.name,
+            elapsed_ms,
+            "start-up {}/{STEPS} {}: {detail}",
+            self.n,
+            self.name
+        );
+    }
+
+    /// Nothing to do in this step, and why.
+    fn skipped(self, why: &str) {
+        let elapsed_ms = self.elapsed_ms();
+        tracing::info!(
+            step = self.name,
+            elapsed_ms,
+            skipped = true,
+            "start-up {}/{STEPS} {}: skipped, {why}",
+            self.n,
+            self.name
+        );
+    }
+}
+
+/// Definitions restored from PostgreSQL in step 3 and started in step 5.
+/// Publish tokens and API keys are not loaded: admission reads each token
+/// row on first use (cached), so they are usable as soon as the database is.
+#[derive(Debug, Default)]
+struct Definitions {}
+
+impl Definitions {
+    /// Step 3. Pull inputs and push outputs load their rows here; a row
+    /// that cannot be parsed is logged, counted and skipped, never changed.
+    async fn load(_db: &Db, step: Step) -> Result<Self, StartError> {
+        step.skipped("no persisted pull inputs or push outputs in this build");
+        Ok(Self::default())
+    }
+
+    /// Step 5. Each definition is started on its own: one that fails is
+    /// logged and skipped, the rest go on.
+    fn start(self, _engine: &EngineHandle, step: Step) {
+        step.skipped("no pull inputs or push outputs to start");
+    }
+}
+
+/// Run every start-up step and return once the node is ready. `cancel`
+/// aborts start-up (a signal while waiting for the database).
 pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running, StartError> {
     let t0 = Instant::now();
     config.validate_for_serve()?;
@@ -66,21 +152,20 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         config.database.pool_size,
         Duration::from_millis(config.database.connect_timeout_ms),
     );
-    let step = Instant::now();
-    db.wait_until_up(cancel).await?;
-    tracing::info!(
-        elapsed_ms = step.elapsed().as_millis() as u64,
-        "database reachable"
-    );
 
+    let step = Step::begin(1, "database");
+    db.wait_until_up(cancel).await?;
+    step.done("reachable");
+
+    let step = Step::begin(2, "migrations");
     if config.database.migrate_on_start {
-        let step = Instant::now();
-        db.run(store::run_migrations).await?;
-        tracing::info!(
-            elapsed_ms = step.elapsed().as_millis() as u64,
-            "migrations checked"
-        );
+        let applied = db.run(store::run_migrations).await?;
+        step.done(&format!("{} applied", applied.len()));
+    } else {
+        step.skipped("database.migrate_on_start is false (run `primacy migrate`)");
     }
+
+    let definitions = Definitions::load(&db, Step::begin(3, "load definitions")).await?;
 
     let readiness = Arc::new(Readiness::default());
     let admission = Arc::new(Admission::new(
@@ -88,70 +173,32 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         db.clone(),
         Duration::from_millis(config.auth.token_cache_ttl_ms),
     ));
-
     let metrics = Arc::new(Metrics::new());
-    let cancel = cancel.child_token();
+    // The engine refuses new feeds from the moment the drain begins.
     let (engine, _engine_task) = engine::spawn(
         EngineSettings::from_config(&config),
         metrics.clone(),
-        cancel.clone(),
+        readiness.drain_token(),
     );
 
-    let step = Instant::now();
-    let rtmp_listener = tokio::net::TcpListener::bind(config.listen.rtmp)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "RTMP",
-            addr: config.listen.rtmp,
-            source,
-        })?;
-    let rtmp_addr = rtmp_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            what: "RTMP",
-            addr: config.listen.rtmp,
-            source,
-        })?;
-    let listener =
-        std::net::TcpListener::bind(config.listen.http).map_err(|source| StartError::Bind {
-            what: "HTTP",
-            addr: config.listen.http,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        what: "HTTP",
-        addr: config.listen.http,
-        source,
-    })?;
-    let state = web::Data::new(AppState {
-        db: db.clone(),
-        admission: admission.clone(),
-        engine: engine.clone(),
-        metrics: metrics.clone(),
-        config: config.clone(),
-        readiness: readiness.clone(),
-        started: t0,
-    });
-    let max_body = config.api.max_body_bytes;
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
-            .configure(|cfg| api::configure(cfg, max_body))
-    })
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(config.shutdown.max_wait_ms.div_ceil(1000).max(1))
-    .listen(listener)
-    .map_err(|source| StartError::Bind {
-        what: "HTTP",
-        addr: config.listen.http,
-        source,
-    })?
-    .run();
+    let step = Step::begin(4, "bind listeners");
+    let stop = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let (http_addr, server) = bind_http(
+        &config,
+        AppState {
+            db: db.clone(),
+            admission: admission.clone(),
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+            config: config.clone(),
+            readiness: readiness.clone(),
+            sessions: sessions.clone(),
+            started: t0,
+        },
+    )?;
     let handle = server.handle();
     let server_task = tokio::spawn(server);
-    let sessions = TaskTracker::new();
     let ctx = Arc::new(IngestContext {
         engine: engine.clone(),
         admission: admission.clone(),
@@ -164,48 +211,37 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             config.rtmp.max_connections_per_ip,
         ),
     });
-    tokio::spawn(ingest::rtmp::serve(
-        rtmp_listener,
-        ctx.clone(),
-        cancel.clone(),
-        sessions.clone(),
+    let rtmp_addr = bind_rtmp(&config, &ctx, &stop, &sessions).await?;
+    let srt_addr = bind_srt(&config, ctx, &stop, &sessions).await?;
+    step.done(&format!(
+        "HTTP {http_addr}, RTMP {rtmp_addr}, SRT {srt_addr}"
     ));
-    let buffer = config.srt.sender_buffer_bytes();
-    let srt_bind_err = |source| StartError::Bind {
-        what: "SRT",
-        addr: config.listen.srt,
-        source,
-    };
-    // Bound here so the chosen address is known (port 0 in tests).
-    let udp = tokio::net::UdpSocket::bind(config.listen.srt)
-        .await
-        .map_err(srt_bind_err)?;
-    let srt_addr = udp.local_addr().map_err(srt_bind_err)?;
-    let (srt_listener, srt_incoming) = srt_tokio::SrtListener::builder()
-        .latency(Duration::from_millis(config.srt.latency_ms))
-        .set(|o| o.sender.buffer_size = srt_tokio::options::ByteCount(buffer as u64))
-        .socket(udp)
-        .bind(srt_addr)
-        .await
-        .map_err(srt_bind_err)?;
-    tokio::spawn(ingest::srt::serve(
-        srt_listener,
-        srt_incoming,
-        ctx,
-        cancel.clone(),
-        sessions.clone(),
-    ));
-    tracing::info!(http = %http_addr, rtmp = %rtmp_addr, srt = %srt_addr, elapsed_ms = step.elapsed().as_millis() as u64, "listeners bound");
 
+    definitions.start(
+        &engine,
+        Step::begin(5, "start pull inputs and push outputs"),
+    );
+
+    let step = Step::begin(6, "join cluster");
+    // The Redis cluster shell (node lease, feed registry) joins here.
+    match &config.redis.url {
+        None => step.skipped("single node (no redis.url)"),
+        Some(_) => step.skipped("clustering is not part of this build yet"),
+    }
+
+    let step = Step::begin(7, "ready");
     readiness.set_ready();
-    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "ready");
+    step.done(&format!(
+        "ready in {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    ));
     Ok(Running {
         http_addr,
         rtmp_addr,
         srt_addr,
         engine,
         metrics,
-        cancel,
+        stop,
         sessions,
         readiness,
         admission,
@@ -216,54 +252,215 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
     })
 }
 
+fn bind_http(
+    config: &Config,
+    state: AppState,
+) -> Result<(SocketAddr, actix_web::dev::Server), StartError> {
+    let bind_err = |source| StartError::Bind {
+        what: "HTTP",
+        addr: config.listen.http,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(config.listen.http).map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    let state = web::Data::new(state);
+    let max_body = config.api.max_body_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
+            .configure(|cfg| api::configure(cfg, max_body))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(config.shutdown.max_wait_ms.div_ceil(1000).max(1))
+    .listen(listener)
+    .map_err(bind_err)?
+    .run();
+    Ok((addr, server))
+}
+
+async fn bind_rtmp(
+    config: &Config,
+    ctx: &Arc<IngestContext>,
+    stop: &CancellationToken,
+    sessions: &TaskTracker,
+) -> Result<SocketAddr, StartError> {
+    let bind_err = |source| StartError::Bind {
+        what: "RTMP",
+        addr: config.listen.rtmp,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen.rtmp)
+        .await
+        .map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    tokio::spawn(ingest::rtmp::serve(
+        listener,
+        ctx.clone(),
+        stop.clone(),
+        sessions.clone(),
+    ));
+    Ok(addr)
+}
+
+async fn bind_srt(
+    config: &Config,
+    ctx: Arc<IngestContext>,
+    stop: &CancellationToken,
+    sessions: &TaskTracker,
+) -> Result<SocketAddr, StartError> {
+    let bind_err = |source| StartError::Bind {
+        what: "SRT",
+        addr: config.listen.srt,
+        source,
+    };
+    // Bound here so the chosen address is known (port 0 in tests).
+    let udp = tokio::net::UdpSocket::bind(config.listen.srt)
+        .await
+        .map_err(bind_err)?;
+    let addr = udp.local_addr().map_err(bind_err)?;
+    let buffer = config.srt.sender_buffer_bytes();
+    let (listener, incoming) = srt_tokio::SrtListener::builder()
+        .latency(Duration::from_millis(config.srt.latency_ms))
+        .set(|o| o.sender.buffer_size = srt_tokio::options::ByteCount(buffer as u64))
+        .socket(udp)
+        .bind(addr)
+        .await
+        .map_err(bind_err)?;
+    tokio::spawn(ingest::srt::serve(
+        listener,
+        incoming,
+        ctx,
+        stop.clone(),
+        sessions.clone(),
+    ));
+    Ok(addr)
+}
+
+/// How often the drain logs the sessions it still waits for.
+const DRAIN_LOG_EVERY: Duration = Duration::from_secs(1);
+/// How long closed sessions get to finish their last writes.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 impl Running {
-    /// Drain and stop: readiness 503 at once, then stop the HTTP server
-    /// gracefully (bounded by `shutdown.max_wait_ms`).
-    pub async fn shutdown(self) {
-        self.readiness.set_draining();
-        tracing::info!("draining");
-        let wait = Duration::from_millis(self.config.shutdown.max_wait_ms);
-        // New publishes and plays are refused (readiness); listeners stop;
-        // existing sessions may finish within the deadline.
-        self.cancel.cancel();
+    /// Drain and stop (see the module doc). Begins the drain if nobody did
+    /// yet; returns when the node has stopped.
+    pub async fn shutdown(mut self) {
+        self.readiness.begin_drain();
+        let began = Instant::now();
+        let max_wait = Duration::from_millis(self.config.shutdown.max_wait_ms);
+        tracing::info!(
+            sessions = self.sessions.len(),
+            max_wait_ms = self.config.shutdown.max_wait_ms,
+            "drain: not ready; refusing new publishes and plays"
+        );
+        self.cluster_mark_draining().await;
+
         self.sessions.close();
-        if tokio::time::timeout(wait, self.sessions.wait())
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let ended = loop {
+            let tick = (tokio::time::Instant::now() + DRAIN_LOG_EVERY).min(deadline);
+            tokio::select! {
+                _ = self.sessions.wait() => break true,
+                _ = tokio::time::sleep_until(tick) => {
+                    if tick >= deadline {
+                        break false;
+                    }
+                    tracing::info!(
+                        sessions = self.sessions.len(),
+                        elapsed_ms = began.elapsed().as_millis() as u64,
+                        "drain: waiting for sessions to end"
+                    );
+                }
+            }
+        };
+        if ended {
+            tracing::info!(
+                elapsed_ms = began.elapsed().as_millis() as u64,
+                "drain: every session ended"
+            );
+        } else {
+            tracing::warn!(
+                sessions = self.sessions.len(),
+                "drain: shutdown.max_wait_ms reached; closing the remaining sessions"
+            );
+        }
+        // Listeners close; remaining sessions are closed.
+        self.stop.cancel();
+        if tokio::time::timeout(CLOSE_GRACE, self.sessions.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = self.sessions.len(),
-                "sessions still open at shutdown.max_wait_ms; closing them"
+                sessions = self.sessions.len(),
+                "drain: sessions still closing; leaving them"
             );
         }
+
+        self.flush_outputs().await;
+
         let stop = self.server.stop(true);
-        if tokio::time::timeout(wait, stop).await.is_err() {
+        if tokio::time::timeout(max_wait, stop).await.is_err() {
             tracing::warn!("HTTP server did not stop within shutdown.max_wait_ms");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.server_task).await;
-        tracing::info!("stopped");
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.server_task).await;
+
+        self.cluster_release().await;
+        tracing::info!(
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "drained and stopped"
+        );
+    }
+
+    /// Drain, first step after readiness: mark this node's cluster lease
+    /// draining so the other nodes and the Director stop offering it.
+    async fn cluster_mark_draining(&self) {
+        if self.config.redis.url.is_some() {
+            tracing::info!("drain: no cluster lease in this build; nothing to mark");
+        }
+    }
+
+    /// Drain, after the sessions: let push outputs send what they hold and
+    /// close them.
+    async fn flush_outputs(&self) {
+        tracing::debug!("drain: no push outputs in this build; nothing to flush");
+    }
+
+    /// Drain, last step: release the cluster lease so the other nodes stop
+    /// counting this node's feeds at once.
+    async fn cluster_release(&self) {
+        if self.config.redis.url.is_some() {
+            tracing::info!("drain: no cluster lease in this build; nothing to release");
+        }
     }
 }
 
-/// `primacy serve`: start, wait for SIGTERM/SIGINT, drain, exit. A second
-/// signal exits at once.
+/// `primacy serve`: start, run until SIGTERM/SIGINT or `POST
+/// /api/v1/node/drain`, drain, return (exit status 0). A second signal
+/// exits at once with 128 + the signal number (143 SIGTERM, 130 SIGINT).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    let signals = tokio::spawn(watch_signals(cancel.clone()));
+    let signalled = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(signalled.clone()));
     let running = tokio::select! {
-        r = start(config, &cancel) => r?,
-        _ = cancel.cancelled() => {
-            tracing::info!("shutdown requested during start-up");
+        r = start(config, &signalled) => r?,
+        _ = signalled.cancelled() => {
+            tracing::info!("shutdown requested during start-up; exiting");
             return Ok(());
         }
     };
-    cancel.cancelled().await;
+    let drain = running.readiness.drain_token();
+    tokio::select! {
+        _ = signalled.cancelled() => {}
+        _ = drain.cancelled() => {}
+    }
     running.shutdown().await;
     signals.abort();
     Ok(())
 }
 
-async fn watch_signals(cancel: CancellationToken) {
+/// The first SIGTERM/SIGINT cancels `first`; the next one exits the process.
+async fn watch_signals(first: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -272,15 +469,26 @@ async fn watch_signals(cancel: CancellationToken) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    let mut seen = 0;
+    loop {
+        let (name, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 143),
+            _ = int.recv() => ("SIGINT", 130),
+        };
+        seen += 1;
+        if seen == 1 {
+            tracing::info!(
+                signal = name,
+                "shutdown requested: draining (a second signal exits at once)"
+            );
+            first.cancel();
+        } else {
+            tracing::warn!(
+                signal = name,
+                exit_code = code,
+                "second signal: exiting now"
+            );
+            std::process::exit(code);
+        }
     }
-    cancel.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(130);
 }

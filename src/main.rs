@@ -22,7 +22,11 @@ fn main() {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(primacy::lifecycle::serve(config))
+                let result = rt.block_on(primacy::lifecycle::serve(config));
+                // Sessions left after the drain are dropped; do not wait
+                // on blocking tasks (a stuck database call) for long.
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                result
             }),
         _ => primacy::cli::run(cli),
     };

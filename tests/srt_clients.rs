@@ -513,7 +513,7 @@ fn srt_refusal_codes_seen_by_libsrt_clients() {
     }
 
     // A draining gateway refuses new publishers and players with 1503.
-    e.s.running().readiness.set_draining();
+    e.s.running().readiness.begin_drain();
     let publish = format!("#!::r=s1,m=publish,s={t}");
     check("draining (publish)", &publish, 1503, "shutting down");
     check(

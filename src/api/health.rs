@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::AppState;
+use super::{AppState, NodeState};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
@@ -20,10 +20,31 @@ pub struct Health {
     pub region: String,
     pub version: String,
     pub ready: bool,
+    /// `starting`, `ready` or `draining`.
+    pub state: NodeState,
+    /// RTMP and SRT client connections open (publishing, playing or
+    /// between the two): what a drain waits for.
+    pub sessions: u64,
+    /// Publishing feeds on this node.
+    pub publishers: i64,
+    /// Players on this node.
+    pub players: i64,
+    /// Present while draining.
+    pub drain: Option<DrainStatus>,
     pub uptime_seconds: u64,
 }
 
-/// Liveness: 200 while the process and its database connection are fine.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DrainStatus {
+    /// How long the drain has been going on.
+    pub elapsed_ms: u64,
+    /// Sessions still open at this point are closed (`shutdown.max_wait_ms`).
+    pub max_wait_ms: u64,
+}
+
+/// Liveness: 200 while the process and its database connection are fine
+/// (also while draining). `state` says whether the node is starting, ready
+/// or draining, and `sessions` how many connections a drain still waits for.
 #[utoipa::path(get, path = "/api/health", tag = "health",
     responses(
         (status = 200, description = "Healthy", body = Health),
@@ -41,6 +62,14 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         region: state.config.region.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         ready: state.readiness.is_ready(),
+        state: state.readiness.state(),
+        sessions: state.sessions.len() as u64,
+        publishers: state.metrics.feeds.get(),
+        players: state.metrics.players.get(),
+        drain: state.readiness.draining_for().map(|d| DrainStatus {
+            elapsed_ms: d.as_millis() as u64,
+            max_wait_ms: state.config.shutdown.max_wait_ms,
+        }),
         uptime_seconds: state.started.elapsed().as_secs(),
     };
     if db_ok {

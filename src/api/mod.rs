@@ -7,15 +7,18 @@ pub mod auth;
 pub mod error;
 pub mod feeds;
 pub mod health;
+pub mod node;
 pub mod openapi;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use crate::auth::publish::Admission;
@@ -25,37 +28,82 @@ use crate::metrics::Metrics;
 use crate::store::Db;
 use error::ApiError;
 
-/// Whether this node accepts work. Start-up ends in `Ready`; a drain moves
-/// to `Draining`. Only the lifecycle writes it.
+/// Where this node is in its life: starting, ready, or draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Start-up has not finished: `/api/ready` answers 503.
+    Starting,
+    /// Accepting publishes and plays.
+    Ready,
+    /// Refusing new publishes and plays; existing sessions finish or are
+    /// closed at `shutdown.max_wait_ms`, then the process exits.
+    Draining,
+}
+
+/// Whether this node accepts work. Start-up ends in `Ready`; a drain (a
+/// signal or `POST /api/v1/node/drain`) moves to `Draining` for good and
+/// cancels [`Readiness::drain_token`], which the engine and the lifecycle
+/// watch. Only the lifecycle and the drain endpoint write it.
 #[derive(Debug, Default)]
-pub struct Readiness(AtomicU8);
+pub struct Readiness {
+    state: AtomicU8,
+    drain: CancellationToken,
+    drain_started: OnceLock<Instant>,
+}
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
 const DRAINING: u8 = 2;
 
 impl Readiness {
+    /// Start-up finished. A drain that began during start-up wins.
     pub fn set_ready(&self) {
-        self.0.store(READY, Ordering::Release);
+        let _ = self
+            .state
+            .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    pub fn set_draining(&self) {
-        self.0.store(DRAINING, Ordering::Release);
+    /// Begin the drain: not ready from now on, new sessions refused.
+    /// Returns true for the call that began it (later calls change nothing).
+    pub fn begin_drain(&self) -> bool {
+        let first = self.drain_started.set(Instant::now()).is_ok();
+        self.state.store(DRAINING, Ordering::Release);
+        self.drain.cancel();
+        first
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire) == READY
+        self.state() == NodeState::Ready
     }
 
     pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::Acquire) == DRAINING
+        self.state() == NodeState::Draining
+    }
+
+    pub fn state(&self) -> NodeState {
+        match self.state.load(Ordering::Acquire) {
+            STARTING => NodeState::Starting,
+            READY => NodeState::Ready,
+            _ => NodeState::Draining,
+        }
+    }
+
+    /// Cancelled when the drain begins.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// How long the drain has been going on, if it began.
+    pub fn draining_for(&self) -> Option<std::time::Duration> {
+        self.drain_started.get().map(Instant::elapsed)
     }
 
     pub fn reason(&self) -> &'static str {
-        match self.0.load(Ordering::Acquire) {
-            STARTING => "starting up",
-            READY => "ready",
-            _ => "draining",
+        match self.state() {
+            NodeState::Starting => "starting up",
+            NodeState::Ready => "ready",
+            NodeState::Draining => "draining",
         }
     }
 }
@@ -68,6 +116,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub readiness: Arc<Readiness>,
+    /// Open RTMP and SRT client connections (what a drain waits for).
+    pub sessions: TaskTracker,
     pub started: Instant,
 }
 
@@ -137,7 +187,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/api-keys", web::post().to(api_keys::create))
             .route("/api-keys", web::get().to(api_keys::list))
             .route("/api-keys/{id}", web::delete().to(api_keys::revoke))
-            .route("/audit", web::get().to(audit::list)),
+            .route("/audit", web::get().to(audit::list))
+            .route("/node/drain", web::post().to(node::drain)),
     )
     .default_service(web::to(not_found));
 }
@@ -148,4 +199,34 @@ async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpRespons
         "not_found",
         format!("no route for {} {}", req.method(), req.path()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NodeState, Readiness};
+
+    #[test]
+    fn readiness_moves_forward_only() {
+        let r = Readiness::default();
+        assert_eq!(r.state(), NodeState::Starting);
+        assert!(!r.is_ready() && r.draining_for().is_none());
+        r.set_ready();
+        assert!(r.is_ready());
+        assert!(!r.drain_token().is_cancelled());
+        assert!(r.begin_drain(), "the first call begins the drain");
+        assert!(!r.begin_drain(), "later calls change nothing");
+        assert!(r.is_draining() && r.drain_token().is_cancelled());
+        assert!(r.draining_for().is_some());
+        r.set_ready();
+        assert_eq!(r.state(), NodeState::Draining, "a drain is never undone");
+    }
+
+    #[test]
+    fn a_drain_during_start_up_wins_over_ready() {
+        let r = Readiness::default();
+        r.begin_drain();
+        r.set_ready();
+        assert_eq!(r.state(), NodeState::Draining);
+        assert_eq!(r.reason(), "draining");
+    }
 }

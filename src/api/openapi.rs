@@ -5,13 +5,13 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, audit, feeds, health, tokens};
+use super::{api_keys, audit, feeds, health, node, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Primacy operator API",
-        description = "Publish tokens, the Reprioritize call, operator API keys and the audit log of the Primacy ingest gateway. \
+        description = "Publish tokens, the Reprioritize call, operator API keys, the audit log and the node drain of the Primacy ingest gateway. \
                        Authenticate with `Authorization: Bearer <API key>`; keys have the scopes read, write or admin \
                        (each includes the ones before it). Errors are JSON `{\"error\": {\"code\": ..., \"message\": ...}}`.",
         license(name = "Apache-2.0"),
@@ -35,6 +35,7 @@ use super::{api_keys, audit, feeds, health, tokens};
         api_keys::list,
         api_keys::revoke,
         audit::list,
+        node::drain,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -42,6 +43,7 @@ use super::{api_keys, audit, feeds, health, tokens};
         (name = "streams", description = "Live streams, sources and feeds on this node"),
         (name = "api-keys", description = "Operator API keys (admin scope)"),
         (name = "audit", description = "Audit log"),
+        (name = "node", description = "This gateway process: drain (admin scope)"),
         (name = "health", description = "Liveness, readiness, this document"),
     )
 )]

@@ -34,7 +34,10 @@ use crate::engine::{
 };
 use crate::media::{self, FlvItem, TimestampUnwrapper, Track};
 
-/// Accept connections until `cancel` fires.
+/// Accept connections until `cancel` fires; it also closes every open
+/// connection (players get `NetStream.Play.Stop` first). While draining,
+/// the listener stays open so that new publishes and plays are refused
+/// with `SHUTTING_DOWN` rather than a reset.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<IngestContext>,
@@ -139,6 +142,9 @@ struct Connection<'a> {
     out: Vec<u8>,
     /// Bytes fed to the session since it last completed a message.
     pending_bytes: usize,
+    /// Set when a request was refused because the node is draining: the
+    /// connection ends once the refusal is written.
+    close_after_flush: bool,
 }
 
 async fn handshake(sock: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, SessionError> {
@@ -190,6 +196,7 @@ impl<'a> Connection<'a> {
             state: State::Idle,
             out: Vec::with_capacity(16 * 1024),
             pending_bytes: 0,
+            close_after_flush: false,
         };
         let result = conn.serve(initial, remaining, &mut buf, cancel).await;
         conn.finish().await;
@@ -222,7 +229,6 @@ impl<'a> Connection<'a> {
                 Idle,
                 Stop,
             }
-            let is_idle = matches!(self.state, State::Idle);
             let wake = {
                 let sleep = async {
                     match read_deadline {
@@ -243,7 +249,7 @@ impl<'a> Connection<'a> {
                     r = sock.read(buf) => Wake::Read(r?),
                     w = from_engine => w,
                     _ = sleep => Wake::Idle,
-                    _ = cancel.cancelled(), if is_idle => Wake::Stop,
+                    _ = cancel.cancelled() => Wake::Stop,
                 }
             };
             match wake {
@@ -252,6 +258,9 @@ impl<'a> Connection<'a> {
                     let results = self.input(&buf[..n])?;
                     self.process(results).await?;
                     self.flush().await?;
+                    if self.close_after_flush {
+                        return Ok(());
+                    }
                 }
                 Wake::Control(c) => {
                     let reason = match c {
@@ -270,7 +279,17 @@ impl<'a> Connection<'a> {
                 }
                 Wake::Item(None) => return Ok(()),
                 Wake::Idle => return Err(SessionError::Idle),
-                Wake::Stop => return Ok(()),
+                Wake::Stop => {
+                    if let State::Playing { stream_id, .. } = self.state {
+                        let r = self.session.finish_playing(stream_id);
+                        if let Ok(p) = r {
+                            self.out.extend_from_slice(&p.bytes);
+                        }
+                        self.flush().await?;
+                    }
+                    tracing::debug!(peer = %self.peer, "RTMP session closed: node shut down");
+                    return Ok(());
+                }
             }
         }
     }
@@ -477,6 +496,7 @@ impl<'a> Connection<'a> {
                 .admission_refusals
                 .with_label_values(&["shutting_down"])
                 .inc();
+            self.close_after_flush = true;
             return self.refuse_publish(request_id, "NetStream.Publish.Rejected", "SHUTTING_DOWN");
         }
         let req = match parse_stream_key(&Self::full_key(app, stream_key)) {
@@ -619,6 +639,8 @@ impl<'a> Connection<'a> {
             return refuse(self, "this connection is already in use");
         }
         if self.ctx.readiness.is_draining() {
+            tracing::info!(peer = %self.peer, "play refused: shutting down");
+            self.close_after_flush = true;
             return refuse(self, "SHUTTING_DOWN");
         }
         let req = match parse_stream_key(&Self::full_key(app, stream_key)) {

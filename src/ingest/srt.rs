@@ -46,7 +46,8 @@ fn reject_code(r: Refusal) -> i32 {
     }
 }
 
-/// Accept connection requests until `cancel` fires.
+/// Accept connection requests until `cancel` fires; it also closes every
+/// open session. While draining, requests are still answered (1503).
 /// `listener` is held here: dropping it would stop the listener.
 pub async fn serve(
     listener: srt_tokio::SrtListener,
@@ -65,9 +66,10 @@ pub async fn serve(
             },
         };
         let ctx = ctx.clone();
+        let stop = cancel.clone();
         tracker.spawn(async move {
             let peer = req.remote();
-            if let Err(e) = handle(req, &ctx).await {
+            if let Err(e) = handle(req, &ctx, &stop).await {
                 tracing::warn!(%peer, error = %e, "SRT session ended with an error");
             }
         });
@@ -83,7 +85,11 @@ async fn reject(req: ConnectionRequest, code: i32, why: &str) -> std::io::Result
     req.reject(wire).await
 }
 
-async fn handle(req: ConnectionRequest, ctx: &IngestContext) -> std::io::Result<()> {
+async fn handle(
+    req: ConnectionRequest,
+    ctx: &IngestContext,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
     let peer = req.remote();
     let raw = req.stream_id().map(|s| s.to_string());
     let (mode, sreq) = match parse_srt_stream_id(raw.as_deref()) {
@@ -180,7 +186,7 @@ async fn handle(req: ConnectionRequest, ctx: &IngestContext) -> std::io::Result<
             };
             let socket = req.accept(None).await?;
             tracing::info!(%peer, stream = %key.stream, source = %key.source, feed = %handle.id, "SRT publishing");
-            let result = publish(socket, handle.id, handle.control, ctx).await;
+            let result = publish(socket, handle.id, handle.control, ctx, stop).await;
             ctx.engine.unpublish(handle.id).await;
             result
         }
@@ -191,7 +197,7 @@ async fn handle(req: ConnectionRequest, ctx: &IngestContext) -> std::io::Result<
                 Err(_) => return Ok(()),
             };
             tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
-            let result = play(socket, player.items).await;
+            let result = play(socket, player.items, stop).await;
             ctx.engine.unplay(key, player.id).await;
             result
         }
@@ -204,6 +210,7 @@ async fn publish(
     feed: FeedId,
     mut control: tokio::sync::mpsc::Receiver<FeedControl>,
     ctx: &IngestContext,
+    stop: &CancellationToken,
 ) -> std::io::Result<()> {
     let mut demux = TsDemuxer::new();
     let idle = Duration::from_millis(ctx.srt.idle_timeout_ms);
@@ -254,6 +261,10 @@ async fn publish(
                 tracing::info!(feed = %feed, %reason, "disconnecting SRT publisher");
                 break;
             }
+            _ = stop.cancelled() => {
+                tracing::debug!(feed = %feed, "SRT publisher closed: node shut down");
+                break;
+            }
         }
     }
     let _ = socket.close().await;
@@ -263,6 +274,7 @@ async fn publish(
 async fn play(
     mut socket: SrtSocket,
     mut items: tokio::sync::mpsc::Receiver<PlayerItem>,
+    stop: &CancellationToken,
 ) -> std::io::Result<()> {
     loop {
         tokio::select! {
@@ -283,6 +295,10 @@ async fn play(
             },
             // A player sends nothing but control; its end closes the stream.
             msg = socket.next() => if msg.is_none() { return Ok(()) },
+            _ = stop.cancelled() => {
+                tracing::debug!("SRT player closed: node shut down");
+                break;
+            }
         }
     }
     let _ = socket.close().await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use primacy::auth::api_keys::Scope;
 use serde_json::{json, Value};
 
-use super::TestServer;
+use super::{Http, TestServer};
 
 pub struct Gateway {
     pub s: TestServer,
@@ -56,34 +56,46 @@ impl Gateway {
 
     /// The stream's view (a 404 body when it is not live).
     pub fn stream(&self, name: &str) -> Value {
-        let (st, v) = self.s.call(
-            "GET",
-            &format!("/api/v1/streams/{name}"),
-            Some(&self.key),
-            None,
-        );
-        assert!(st == 200 || st == 404, "GET stream {name}: {st} {v}");
-        v
+        stream(self.s.http(), &self.key, name)
     }
 
     /// Wait until `name` has `n` feeds, one on air (that of `on_air_token`
     /// when given).
     pub fn wait_feeds(&self, name: &str, n: usize, on_air_token: Option<&str>) -> Value {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v = self.stream(name);
-            let feeds = v["sources"][0]["feeds"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let on_air = feeds
-                .iter()
-                .any(|f| f["state"] == "on_air" && on_air_token.is_none_or(|t| f["token_id"] == t));
-            if feeds.len() == n && on_air {
-                return v;
-            }
-            assert!(Instant::now() < end, "stream {name}: wanted {n} feeds: {v}");
-            std::thread::sleep(Duration::from_millis(50));
+        wait_feeds(self.s.http(), &self.key, name, n, on_air_token)
+    }
+}
+
+/// The stream's view on the gateway at `http` (a 404 body when it is not live).
+pub fn stream(http: &Http, key: &str, name: &str) -> Value {
+    let (st, v) = http.call("GET", &format!("/api/v1/streams/{name}"), Some(key), None);
+    assert!(st == 200 || st == 404, "GET stream {name}: {st} {v}");
+    v
+}
+
+/// Wait until `name` has `n` feeds, one on air (that of `on_air_token` when
+/// given), on the gateway at `http`.
+pub fn wait_feeds(
+    http: &Http,
+    key: &str,
+    name: &str,
+    n: usize,
+    on_air_token: Option<&str>,
+) -> Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = stream(http, key, name);
+        let feeds = v["sources"][0]["feeds"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let on_air = feeds
+            .iter()
+            .any(|f| f["state"] == "on_air" && on_air_token.is_none_or(|t| f["token_id"] == t));
+        if feeds.len() == n && on_air {
+            return v;
         }
+        assert!(Instant::now() < end, "stream {name}: wanted {n} feeds: {v}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod gateway;
 pub mod media;
+pub mod process;
 
 use std::time::Duration;
 
@@ -114,7 +115,7 @@ pub struct TestServer {
     pub base: String,
     pub running: Option<Running>,
     rt: tokio::runtime::Runtime,
-    agent: ureq::Agent,
+    http: Http,
 }
 
 impl TestServer {
@@ -140,17 +141,12 @@ impl TestServer {
             .expect("gateway started within 30 s")
             .expect("gateway start");
         let base = format!("http://{}", running.http_addr);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
         Self {
             db,
+            http: Http::new(&base),
             base,
             running: Some(running),
             rt,
-            agent,
         }
     }
 
@@ -160,6 +156,59 @@ impl TestServer {
 
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
+    }
+
+    pub fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// Send a request with an optional bearer key and raw body; returns the
+    /// status and the JSON body (`Value::Null` when empty).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        self.http.call(method, path, key, body)
+    }
+
+    pub fn call_with_type(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> (u16, Value) {
+        self.http
+            .call_with_type(method, path, key, body, content_type)
+    }
+
+    /// The raw response text of a GET without a key.
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        self.http.get_text(path)
+    }
+}
+
+/// A small HTTP client for a gateway's API at `base`.
+pub struct Http {
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Self {
+            base: base.to_owned(),
+            agent,
+        }
     }
 
     /// Send a request with an optional bearer key and raw body; returns the
@@ -182,6 +231,27 @@ impl TestServer {
         body: Option<&str>,
         content_type: &str,
     ) -> (u16, Value) {
+        let (status, text) = self
+            .try_call(method, path, key, body, content_type)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// Like `call_with_type`, but a connection failure is returned, not a
+    /// panic (a gateway that is starting or gone); the body is raw text.
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> Result<(u16, String), ureq::Error> {
         let url = format!("{}{}", self.base, path);
         let auth = key.map(|k| format!("Bearer {k}"));
         let result = match method {
@@ -213,26 +283,16 @@ impl TestServer {
             }
             other => panic!("unsupported method {other}"),
         };
-        let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let mut resp = result?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, value)
+        Ok((status, text))
     }
 
     /// The raw response text of a GET without a key.
     pub fn get_text(&self, path: &str) -> (u16, String) {
-        let mut resp = self
-            .agent
-            .get(&format!("{}{}", self.base, path))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = resp.status().as_u16();
-        (status, resp.body_mut().read_to_string().unwrap_or_default())
+        self.try_call("GET", path, None, None, "application/json")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 }
 
