@@ -163,6 +163,18 @@ fn sigterm_refuses_new_sessions_keeps_existing_until_max_wait_then_exits_zero() 
     );
     assert!(code.is_some_and(|c| c != 0), "publish must fail: {err}");
     assert!(err.contains("SHUTTING_DOWN"), "ffmpeg said: {err}");
+    let mut late_player = Player::start(&g.rtmp("live1"));
+    let st = late_player.proc.wait_timeout(Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| !s.success()) && late_player.count() == 0,
+        "a new play must be refused: {}",
+        late_player.proc.stderr_text()
+    );
+    assert!(
+        late_player.proc.stderr_text().contains("SHUTTING_DOWN"),
+        "ffprobe said: {}",
+        late_player.proc.stderr_text()
+    );
     let mut srt = publish_srt(
         Fixture::B,
         &g.srt_ff(&format!("#!::r=late,m=publish,s={secret}")),
