@@ -1,7 +1,14 @@
-//! RTMP playback: turn the engine's player items (FLV bodies muxed once
-//! per source) into RTMP chunks for one player session.
+//! RTMP output: turn the engine's player items (FLV bodies muxed once per
+//! source) into RTMP chunks. The same code serves a player session on the
+//! server side ([`ServerPlayback`], rml_rtmp `ServerSession`) and a push
+//! output or load-generating publisher on the client side (rml_rtmp
+//! `ClientSession`), through [`RtmpMediaSink`].
 
-use rml_rtmp::sessions::{ServerSession, ServerSessionError};
+use bytes::Bytes;
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionError, ClientSessionResult, ServerSession, ServerSessionError,
+    StreamMetadata,
+};
 use rml_rtmp::time::RtmpTimestamp;
 use tokio::sync::mpsc;
 
@@ -10,39 +17,126 @@ use crate::engine::PlayerItem;
 /// Items serialized per write, at most: bounds one write's size.
 const BATCH: usize = 64;
 
+/// Where RTMP media messages are serialized to (appended to `out`).
+pub trait RtmpMediaSink {
+    type Error;
+    fn metadata(&mut self, m: &StreamMetadata, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+    fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+    fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+    /// The stream ended (the engine closed the player).
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+}
+
+/// A playing stream of a server session.
+pub struct ServerPlayback<'a> {
+    pub session: &'a mut ServerSession,
+    pub stream_id: u32,
+}
+
+impl RtmpMediaSink for ServerPlayback<'_> {
+    type Error = ServerSessionError;
+
+    fn metadata(&mut self, m: &StreamMetadata, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        out.extend_from_slice(&self.session.send_metadata(self.stream_id, m)?.bytes);
+        Ok(())
+    }
+
+    fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        let p =
+            self.session
+                .send_video_data(self.stream_id, body, RtmpTimestamp::new(ts), false)?;
+        out.extend_from_slice(&p.bytes);
+        Ok(())
+    }
+
+    fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        let p =
+            self.session
+                .send_audio_data(self.stream_id, body, RtmpTimestamp::new(ts), false)?;
+        out.extend_from_slice(&p.bytes);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        out.extend_from_slice(&self.session.finish_playing(self.stream_id)?.bytes);
+        Ok(())
+    }
+}
+
+fn client_out(r: ClientSessionResult, out: &mut Vec<u8>) {
+    if let ClientSessionResult::OutboundResponse(p) = r {
+        out.extend_from_slice(&p.bytes);
+    }
+}
+
+/// A publishing client session (after `PublishRequestAccepted`).
+impl RtmpMediaSink for ClientSession {
+    type Error = ClientSessionError;
+
+    fn metadata(&mut self, m: &StreamMetadata, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        client_out(self.publish_metadata(m)?, out);
+        Ok(())
+    }
+
+    fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        client_out(
+            self.publish_video_data(body, RtmpTimestamp::new(ts), false)?,
+            out,
+        );
+        Ok(())
+    }
+
+    fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        client_out(
+            self.publish_audio_data(body, RtmpTimestamp::new(ts), false)?,
+            out,
+        );
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        for r in self.stop_publishing()? {
+            client_out(r, out);
+        }
+        Ok(())
+    }
+}
+
+/// Serialize one item into `out`. Returns false when it was the engine's
+/// `Close` (the stream is then finished). MPEG-TS items are ignored.
+pub fn write_player_item<S: RtmpMediaSink>(
+    sink: &mut S,
+    item: PlayerItem,
+    out: &mut Vec<u8>,
+) -> Result<bool, S::Error> {
+    match item {
+        PlayerItem::Metadata(m) => sink.metadata(&m, out)?,
+        PlayerItem::Video { ts, body, .. } => sink.video(ts, body, out)?,
+        PlayerItem::Audio { ts, body } => sink.audio(ts, body, out)?,
+        PlayerItem::Ts { .. } => {}
+        PlayerItem::Close { reason } => {
+            tracing::info!(reason, "ending RTMP stream");
+            sink.finish(out)?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Serialize `first` and whatever else is already queued into `out`.
 /// Returns false when the engine closed this player (source vacant too
 /// long); the stream is then finished for the player.
-pub fn write_player_items(
-    session: &mut ServerSession,
-    stream_id: u32,
+pub fn write_player_items<S: RtmpMediaSink>(
+    sink: &mut S,
     first: PlayerItem,
     items: &mut mpsc::Receiver<PlayerItem>,
     out: &mut Vec<u8>,
-) -> Result<bool, ServerSessionError> {
+) -> Result<bool, S::Error> {
     let mut next = Some(first);
     let mut n = 0;
     while let Some(item) = next.take() {
-        match item {
-            PlayerItem::Metadata(m) => {
-                out.extend_from_slice(&session.send_metadata(stream_id, &m)?.bytes)
-            }
-            PlayerItem::Video { ts, body, .. } => out.extend_from_slice(
-                &session
-                    .send_video_data(stream_id, body, RtmpTimestamp::new(ts), false)?
-                    .bytes,
-            ),
-            PlayerItem::Audio { ts, body } => out.extend_from_slice(
-                &session
-                    .send_audio_data(stream_id, body, RtmpTimestamp::new(ts), false)?
-                    .bytes,
-            ),
-            PlayerItem::Ts { .. } => {}
-            PlayerItem::Close { reason } => {
-                tracing::info!(reason, "ending playback");
-                out.extend_from_slice(&session.finish_playing(stream_id)?.bytes);
-                return Ok(false);
-            }
+        if !write_player_item(sink, item, out)? {
+            return Ok(false);
         }
         n += 1;
         if n < BATCH {

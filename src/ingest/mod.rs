@@ -3,6 +3,7 @@
 //! socket → session → admission (`auth::publish`) → engine. Sessions never
 //! touch election state; they send the engine commands and media.
 
+pub mod demux;
 pub mod rtmp;
 pub mod srt;
 pub mod url;
@@ -16,6 +17,15 @@ use crate::auth::publish::Admission;
 use crate::config::{RtmpConfig, SrtConfig};
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
+
+/// The text of a caught panic (protocol libraries are run under
+/// `catch_unwind` so that malformed peer input closes one session only).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
 
 /// What every ingest session needs.
 pub struct IngestContext {

@@ -23,16 +23,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::demux::FlvDemux;
 use super::url::{parse_stream_key, StreamRequest};
 use super::IngestContext;
 use crate::auth::publish::AdmitError;
 use crate::domain::{FeedId, Priority};
-use crate::egress::rtmp::write_player_items;
+use crate::egress::rtmp::{write_player_items, ServerPlayback};
 use crate::engine::PlayerFormat;
 use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, PublishRefusal, SourceKey,
 };
-use crate::media::{self, FlvItem, TimestampUnwrapper, Track};
+use crate::media::Track;
 
 /// Accept connections until `cancel` fires; it also closes every open
 /// connection (players get `NetStream.Play.Stop` first). While draining,
@@ -122,8 +123,7 @@ enum State {
     Publishing {
         feed: FeedId,
         control: mpsc::Receiver<FeedControl>,
-        video_ts: TimestampUnwrapper,
-        audio_ts: TimestampUnwrapper,
+        demux: FlvDemux,
     },
     Playing {
         stream_id: u32,
@@ -299,14 +299,7 @@ impl<'a> Connection<'a> {
     fn input(&mut self, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, SessionError> {
         let session = &mut self.session;
         let results = std::panic::catch_unwind(AssertUnwindSafe(|| session.handle_input(bytes)))
-            .map_err(|p| {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                SessionError::Panic(msg)
-            })?
+            .map_err(|p| SessionError::Panic(super::panic_message(p.as_ref())))?
             .map_err(|e| SessionError::Protocol(format!("{e:?}")))?;
         let completed = results
             .iter()
@@ -425,24 +418,13 @@ impl<'a> Connection<'a> {
 
     /// Demux one FLV audio or video tag of the feed being published.
     async fn flv_tag(&mut self, track: Track, data: &[u8], ts: u32) -> Result<(), SessionError> {
-        let State::Publishing {
-            feed,
-            video_ts,
-            audio_ts,
-            ..
-        } = &mut self.state
-        else {
+        let State::Publishing { feed, demux, .. } = &mut self.state else {
             return Ok(());
         };
         let feed = *feed;
-        let parsed = match track {
-            Track::Video => media::parse_flv_video(data, video_ts.unwrap(ts)),
-            Track::Audio => media::parse_flv_audio(data, audio_ts.unwrap(ts)),
-        };
-        match parsed {
-            Ok(FlvItem::Config(c)) => self.send_media(feed, FeedMedia::Config(c)).await,
-            Ok(FlvItem::Frame(f)) => self.send_media(feed, FeedMedia::Frame(f)).await,
-            Ok(FlvItem::Ignored) => Ok(()),
+        match demux.tag(track, data, ts) {
+            Ok(Some(media)) => self.send_media(feed, media).await,
+            Ok(None) => Ok(()),
             Err(e) => {
                 tracing::debug!(peer = %self.peer, ?track, error = %e, "FLV tag ignored");
                 Ok(())
@@ -597,8 +579,7 @@ impl<'a> Connection<'a> {
                 self.state = State::Publishing {
                     feed: handle.id,
                     control: handle.control,
-                    video_ts: TimestampUnwrapper::new(),
-                    audio_ts: TimestampUnwrapper::new(),
+                    demux: FlvDemux::new(),
                 };
                 Ok(())
             }
@@ -705,7 +686,11 @@ impl<'a> Connection<'a> {
         else {
             return Ok(true);
         };
-        write_player_items(&mut self.session, *stream_id, first, items, &mut self.out)
+        let mut sink = ServerPlayback {
+            session: &mut self.session,
+            stream_id: *stream_id,
+        };
+        write_player_items(&mut sink, first, items, &mut self.out)
             .map_err(|e| SessionError::Protocol(format!("{e:?}")))
     }
 

@@ -19,6 +19,7 @@ use srt_tokio::{ConnectionRequest, SrtIncoming, SrtSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::demux::TsFeedDemux;
 use super::url::{parse_srt_stream_id, SrtMode, StreamIdError};
 use super::IngestContext;
 use crate::auth::publish::{AdmitError, Refusal};
@@ -27,7 +28,6 @@ use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerFormat, PlayerItem, Protocol, PublishRefusal,
     SourceKey, SrtFeedStats,
 };
-use crate::media::ts::demux::{DemuxEvent, TsDemuxer};
 use crate::media::ts::mux::chunk_1316;
 
 /// SRT reject codes (libsrt's predefined range: 1000 + HTTP-like status).
@@ -212,7 +212,7 @@ async fn publish(
     ctx: &IngestContext,
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
-    let mut demux = TsDemuxer::new();
+    let mut demux = TsFeedDemux::new();
     let idle = Duration::from_millis(ctx.srt.idle_timeout_ms);
     let mut stats = socket.statistics().clone();
     loop {
@@ -242,11 +242,7 @@ async fn publish(
                     break;
                 }
                 Ok(Some(Ok((_, data)))) => {
-                    for ev in demux.push(&data) {
-                        let media = match ev {
-                            DemuxEvent::Config(c) => FeedMedia::Config(c),
-                            DemuxEvent::Frame(f) => FeedMedia::Frame(f),
-                        };
+                    for media in demux.push(&data) {
                         if ctx.engine.media(feed, media).await.is_err() {
                             return Ok(());
                         }

@@ -228,6 +228,12 @@ pub struct Player {
 
 impl Player {
     pub fn start(url: &str) -> Self {
+        Self::start_with(url, &[])
+    }
+
+    /// A player with extra ffprobe input options before the URL (for
+    /// example `-listen 1` to wait for an RTMP publisher).
+    pub fn start_with(url: &str, input_options: &[&str]) -> Self {
         let mut child = Command::new("stdbuf")
             .args([
                 "-oL",
@@ -246,6 +252,7 @@ impl Player {
                 "-of",
                 "csv=p=0",
             ])
+            .args(input_options)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
