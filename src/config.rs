@@ -251,6 +251,11 @@ pub enum FailoverSwitch {
 #[serde(deny_unknown_fields, default)]
 pub struct SwitchConfig {
     pub failover_switch: FailoverSwitch,
+    /// A planned switch (failback, reprioritize) may cut at the new
+    /// primary's cached keyframe instead of waiting for its next one when
+    /// that keyframe is at most this old; players then run that much later.
+    /// 0 keeps every planned switch make-before-break at the next keyframe.
+    pub planned_max_added_latency_ms: u64,
     pub switch_deadline_ms: u64,
     pub vacant_hold_ms: u64,
     pub gop_cache_max_bytes: usize,
@@ -361,6 +366,7 @@ impl Default for SwitchConfig {
     fn default() -> Self {
         Self {
             failover_switch: FailoverSwitch::CachedKeyframe,
+            planned_max_added_latency_ms: 0,
             switch_deadline_ms: 3_000,
             vacant_hold_ms: 30_000,
             gop_cache_max_bytes: 8 * 1024 * 1024,

@@ -253,6 +253,9 @@ pub struct EngineSettings {
     pub election: crate::election::ElectionParams,
     pub feed_timeout: Option<Duration>,
     pub failover_next_keyframe: bool,
+    /// Longest added latency a planned switch may take to cut at once at the
+    /// new primary's cached keyframe (0: always wait for the next keyframe).
+    pub planned_max_added_latency_ms: i64,
     pub switch_deadline: Duration,
     pub vacant_hold: Duration,
     pub gop_cache_max_bytes: usize,
@@ -269,6 +272,8 @@ impl EngineSettings {
                 .then(|| Duration::from_millis(c.election.feed_timeout_ms)),
             failover_next_keyframe: c.switch.failover_switch
                 == crate::config::FailoverSwitch::NextKeyframe,
+            planned_max_added_latency_ms: i64::try_from(c.switch.planned_max_added_latency_ms)
+                .unwrap_or(i64::MAX),
             switch_deadline: Duration::from_millis(c.switch.switch_deadline_ms),
             vacant_hold: Duration::from_millis(c.switch.vacant_hold_ms),
             gop_cache_max_bytes: c.switch.gop_cache_max_bytes,

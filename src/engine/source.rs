@@ -272,7 +272,11 @@ impl Source {
                         .get(&to)
                         .is_some_and(|f| f.gop.has_keyframe() || !f.has_video());
                     let current = self.on_air.as_ref().map(|o| o.feed);
-                    if planned && current.is_some() && current != Some(to) {
+                    if planned
+                        && current.is_some()
+                        && current != Some(to)
+                        && !self.cached_keyframe_fresh(to)
+                    {
                         // Make-before-break: the old feed stays on air until the new keyframe.
                         self.pending = Some(Pending {
                             to,
@@ -309,6 +313,22 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// May a planned switch to `to` cut at its cached keyframe now? Only
+    /// when configured and the keyframe is recent enough (see
+    /// `switch.planned_max_added_latency_ms`).
+    fn cached_keyframe_fresh(&self, to: FeedId) -> bool {
+        let max = self.settings.planned_max_added_latency_ms;
+        if max <= 0 {
+            return false;
+        }
+        self.feeds
+            .get(&to)
+            .is_some_and(|slot| match (slot.gop.frames().next(), slot.last_dts) {
+                (Some(first), Some(last)) => first.keyframe && last - first.dts <= max,
+                _ => false,
+            })
     }
 
     /// Take the current feed off the air; disconnect it if it was waiting for that.
@@ -381,7 +401,7 @@ impl Source {
             .active_priority
             .with_label_values(&[self.key.stream.as_str(), self.key.source.as_str()])
             .set(f64::from(priority.rank()));
-        let added = if planned { None } else { added_latency };
+        let added = added_latency;
         self.record(
             old,
             Some(to),

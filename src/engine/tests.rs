@@ -47,6 +47,7 @@ fn settings() -> EngineSettings {
         },
         feed_timeout: Some(Duration::from_millis(1500)),
         failover_next_keyframe: false,
+        planned_max_added_latency_ms: 0,
         switch_deadline: Duration::from_secs(3),
         vacant_hold: Duration::from_secs(5),
         gop_cache_max_bytes: 8 << 20,
@@ -414,6 +415,10 @@ struct H {
 
 impl H {
     fn new() -> Self {
+        Self::with_settings(settings())
+    }
+
+    fn with_settings(settings: EngineSettings) -> Self {
         let key = SourceKey {
             stream: "live/test".parse().expect("stream name"),
             source: Default::default(),
@@ -422,7 +427,7 @@ impl H {
         Self {
             base: Instant::now(),
             now_ms: 0,
-            src: Source::new(key, Arc::new(settings()), metrics.clone()),
+            src: Source::new(key, Arc::new(settings), metrics.clone()),
             metrics,
             feeds: Vec::new(),
             next_player: 0,
@@ -1290,6 +1295,76 @@ fn reprioritize_with_disconnect_switches_first_then_disconnects() {
     assert_eq!(pin.priority, Some(10));
     assert_eq!(pin.state, "standby");
     no_control(h.feed_mut(B));
+}
+
+#[test]
+fn reprioritize_cuts_at_a_fresh_cached_keyframe_when_allowed() {
+    let mut h = H::with_settings(EngineSettings {
+        planned_max_added_latency_ms: 1000,
+        ..settings()
+    });
+    let mut p = h.player(1024);
+    h.join(spec(A, 100));
+    h.run_to(250);
+    h.join(spec(B, 50));
+    h.run_to(2100);
+    assert_eq!(h.primary(), Some(A));
+    let before = drain(&mut p);
+
+    // B's cached GOP starts at its keyframe sent at 1250 (idx 30): at most
+    // 1000 ms old, so the switch happens in the same step, not at 2250.
+    h.reprioritize(tok(A), Some(10), true);
+    assert_eq!(h.primary(), Some(B), "cut at once");
+    let reason = disconnected(h.feed_mut(A));
+    assert!(reason.contains("reprioritized"), "{reason}");
+    let sw = h.view().last_switch.expect("switch");
+    assert!(sw.planned);
+    let added = sw.added_latency_ms.expect("added latency reported");
+    assert!((800..=1000).contains(&added), "added {added} ms");
+
+    let cut = drain(&mut p);
+    let (a_tail, b_part) = split_at_tag(&cut, B);
+    let mut all = before;
+    all.extend(a_tail.iter().cloned());
+    let a_video: Vec<u32> = videos(&all, A).iter().map(|v| v.0).collect();
+    let a_sent: Vec<u32> = h.sent_of(A, true).iter().map(|s| s.idx).collect();
+    assert_eq!(a_video, a_sent, "every A frame until the cut went out");
+    assert_eq!(&b_part[..3], &header(B)[..]);
+    assert!(matches!(
+        b_part[3],
+        Got::V {
+            tag: B,
+            idx: 30,
+            key: true,
+            ..
+        }
+    ));
+    all.extend(b_part.iter().cloned());
+    h.run_to(2600);
+    all.extend(drain(&mut p));
+    assert_monotonic(&all);
+    assert_headers_precede_frames(&all);
+}
+
+#[test]
+fn planned_switch_waits_for_the_next_keyframe_when_the_cache_is_too_old() {
+    let mut h = H::with_settings(EngineSettings {
+        planned_max_added_latency_ms: 100,
+        ..settings()
+    });
+    h.join(spec(A, 100));
+    h.run_to(250);
+    h.join(spec(B, 50));
+    h.run_to(2100);
+    h.reprioritize(tok(A), Some(10), true);
+    // B's keyframe is 850 ms old: make-before-break at its next one (2250).
+    while h.now_ms < 2249 {
+        h.step();
+        assert_eq!(h.primary(), Some(A), "at {}", h.now_ms);
+    }
+    h.step();
+    assert_eq!(h.primary(), Some(B));
+    assert_eq!(h.view().last_switch.expect("switch").added_latency_ms, None);
 }
 
 #[test]
