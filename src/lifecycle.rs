@@ -442,9 +442,16 @@ impl Running {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let signalled = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(signalled.clone()));
-    let running = tokio::select! {
-        r = start(config, &signalled) => r?,
-        _ = signalled.cancelled() => {
+    let started = tokio::select! {
+        r = start(config, &signalled) => Some(r),
+        _ = signalled.cancelled() => None,
+    };
+    let running = match started {
+        Some(Ok(running)) => running,
+        Some(Err(e)) if !signalled.is_cancelled() => return Err(e.into()),
+        // A signal ended start-up (waiting for the database then ends
+        // with an error).
+        _ => {
             tracing::info!("shutdown requested during start-up; exiting");
             return Ok(());
         }
