@@ -79,6 +79,7 @@ pub struct Config {
     pub election: ElectionConfig,
     pub switch: SwitchConfig,
     pub shutdown: ShutdownConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +268,25 @@ pub struct ShutdownConfig {
     pub max_wait_ms: u64,
 }
 
+/// Outbound connections of pull inputs and push outputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// TCP connect (RTMP) or SRT handshake, per URL tried.
+    pub connect_timeout_ms: u64,
+    /// RTMP handshake, `connect` and `play`/`publish` accepted, per URL.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 3_000,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -282,6 +302,7 @@ impl Default for Config {
             election: ElectionConfig::default(),
             switch: SwitchConfig::default(),
             shutdown: ShutdownConfig::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -631,6 +652,17 @@ impl Config {
                 "switch.switch_deadline_ms",
                 "must be greater than 0",
             ));
+        }
+        for (key, v) in [
+            ("relay.connect_timeout_ms", self.relay.connect_timeout_ms),
+            (
+                "relay.handshake_timeout_ms",
+                self.relay.handshake_timeout_ms,
+            ),
+        ] {
+            if !(100..=60_000).contains(&v) {
+                return Err(invalid(key, "must be between 100 and 60000"));
+            }
         }
         if self.switch.gop_cache_max_bytes < 64 * 1024 {
             return Err(invalid(

@@ -19,5 +19,6 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod media;
 pub mod metrics;
+pub mod relay;
 pub mod store;
 pub mod telemetry;

@@ -30,9 +30,12 @@ use crate::api::{self, AppState, Readiness};
 use crate::auth::jwt::KeySet;
 use crate::auth::publish::Admission;
 use crate::config::Config;
+use crate::egress::push::OutputDef;
 use crate::engine::{self, EngineHandle, EngineSettings};
+use crate::ingest::pull::PullInputDef;
 use crate::ingest::{self, ConnectionLimits, IngestContext};
 use crate::metrics::Metrics;
+use crate::relay::{RelayContext, Relays};
 use crate::store::{self, Db};
 
 /// A started gateway: its bound addresses and its shared parts.
@@ -52,6 +55,7 @@ pub struct Running {
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     config: Arc<Config>,
+    pub relays: Arc<Relays>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,24 +121,92 @@ impl Step {
     }
 }
 
-/// Definitions restored from PostgreSQL in step 3 and started in step 5.
-/// Publish tokens and API keys are not loaded: admission reads each token
-/// row on first use (cached), so they are usable as soon as the database is.
+/// Definitions restored from PostgreSQL in step 3 and started in step 5:
+/// this node's pull inputs and push outputs. Publish tokens and API keys
+/// are not loaded: admission reads each token row on first use (cached), so
+/// they are usable as soon as the database is.
 #[derive(Debug, Default)]
-struct Definitions {}
+struct Definitions {
+    pulls: Vec<PullInputDef>,
+    outputs: Vec<OutputDef>,
+}
 
 impl Definitions {
-    /// Step 3. Pull inputs and push outputs load their rows here; a row
-    /// that cannot be parsed is logged, counted and skipped, never changed.
-    async fn load(_db: &Db, step: Step) -> Result<Self, StartError> {
-        step.skipped("no persisted pull inputs or push outputs in this build");
-        Ok(Self::default())
+    /// Step 3. A row that cannot be parsed or validated is logged and
+    /// skipped, never changed. Pull inputs that are not persistent do not
+    /// survive a restart: their rows are removed.
+    async fn load(db: &Db, node_id: &str, step: Step) -> Result<Self, StartError> {
+        let node = node_id.to_owned();
+        let (pull_rows, output_rows) = db
+            .run(move |c| {
+                Ok((
+                    store::pull_inputs::for_node(c, &node)?,
+                    store::push_outputs::for_node(c, &node)?,
+                ))
+            })
+            .await?;
+        let mut defs = Self::default();
+        let mut skipped = 0;
+        let mut transient = Vec::new();
+        for row in &pull_rows {
+            match PullInputDef::from_row(row) {
+                Ok(d) if d.persistent => defs.pulls.push(d),
+                Ok(d) => transient.push(d.id),
+                Err(e) => {
+                    skipped += 1;
+                    tracing::warn!(pull_input = %row.id, error = %e, "stored pull input cannot be used; skipped and left untouched");
+                }
+            }
+        }
+        for row in &output_rows {
+            match OutputDef::from_row(row) {
+                Ok(d) => defs.outputs.push(d),
+                Err(e) => {
+                    skipped += 1;
+                    tracing::warn!(output = %row.id, error = %e, "stored push output cannot be used; skipped and left untouched");
+                }
+            }
+        }
+        if !transient.is_empty() {
+            let ids = transient.clone();
+            match db
+                .run(move |c| {
+                    for id in &ids {
+                        store::pull_inputs::delete(c, *id)?;
+                    }
+                    Ok(())
+                })
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(count = transient.len(), ids = ?transient, "removed pull inputs that were not persistent")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not remove pull inputs that were not persistent")
+                }
+            }
+        }
+        step.done(&format!(
+            "{} pull inputs, {} push outputs, {skipped} unusable rows skipped",
+            defs.pulls.len(),
+            defs.outputs.len()
+        ));
+        Ok(defs)
     }
 
-    /// Step 5. Each definition is started on its own: one that fails is
-    /// logged and skipped, the rest go on.
-    fn start(self, _engine: &EngineHandle, step: Step) {
-        step.skipped("no pull inputs or push outputs to start");
+    /// Step 5. Each definition is started on its own worker; connecting
+    /// to remote sources and targets happens in the background.
+    async fn start(self, relays: &Relays, step: Step) {
+        let (pulls, outputs) = (self.pulls.len(), self.outputs.len());
+        for d in self.pulls {
+            relays.start_pull(d).await;
+        }
+        for d in self.outputs {
+            relays.start_output(d).await;
+        }
+        step.done(&format!(
+            "{pulls} pull inputs and {outputs} push outputs started"
+        ));
     }
 }
 
@@ -165,7 +237,8 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         step.skipped("database.migrate_on_start is false (run `primacy migrate`)");
     }
 
-    let definitions = Definitions::load(&db, Step::begin(3, "load definitions")).await?;
+    let definitions =
+        Definitions::load(&db, &config.node_id, Step::begin(3, "load definitions")).await?;
 
     let readiness = Arc::new(Readiness::default());
     let admission = Arc::new(Admission::new(
@@ -181,8 +254,14 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         readiness.drain_token(),
     );
 
-    let step = Step::begin(4, "bind listeners");
     let stop = CancellationToken::new();
+    // Pull inputs end with the sessions (stop); outputs flush after them.
+    let relays = Arc::new(Relays::new(
+        RelayContext::new(&config, engine.clone(), db.clone(), metrics.clone()),
+        stop.clone(),
+    ));
+
+    let step = Step::begin(4, "bind listeners");
     let sessions = TaskTracker::new();
     let (http_addr, server) = bind_http(
         &config,
@@ -194,6 +273,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             config: config.clone(),
             readiness: readiness.clone(),
             sessions: sessions.clone(),
+            relays: relays.clone(),
             started: t0,
         },
     )?;
@@ -217,10 +297,12 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         "HTTP {http_addr}, RTMP {rtmp_addr}, SRT {srt_addr}"
     ));
 
-    definitions.start(
-        &engine,
-        Step::begin(5, "start pull inputs and push outputs"),
-    );
+    definitions
+        .start(
+            &relays,
+            Step::begin(5, "start pull inputs and push outputs"),
+        )
+        .await;
 
     let step = Step::begin(6, "join cluster");
     // The Redis cluster shell (node lease, feed registry) joins here.
@@ -249,6 +331,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         server: handle,
         server_task,
         config,
+        relays,
     })
 }
 
@@ -424,7 +507,10 @@ impl Running {
     /// Drain, after the sessions: let push outputs send what they hold and
     /// close them.
     async fn flush_outputs(&self) {
-        tracing::debug!("drain: no push outputs in this build; nothing to flush");
+        let n = self.relays.outputs.stop_all(CLOSE_GRACE).await;
+        if n > 0 {
+            tracing::info!(outputs = n, "drain: push outputs flushed and closed");
+        }
     }
 
     /// Drain, last step: release the cluster lease so the other nodes stop

@@ -2,8 +2,8 @@
 //! process (tests run several gateways in one process, so no global).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -21,6 +21,12 @@ pub struct Metrics {
     pub srt_rx_packets: IntCounter,
     pub srt_rx_loss: IntCounter,
     pub srt_rx_retransmitted: IntCounter,
+    pub pull_connected: IntGaugeVec,
+    pub pull_bytes: IntCounterVec,
+    pub pull_failures: IntCounterVec,
+    pub output_connected: IntGaugeVec,
+    pub output_bytes: IntCounterVec,
+    pub output_drops: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,6 +97,45 @@ impl Metrics {
             "Retransmitted packets received on SRT feeds",
         )
         .expect("metric");
+        let per = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric")
+        };
+        let pull_connected = IntGaugeVec::new(
+            Opts::new(
+                "pull_input_connected",
+                "1 while a pull input is connected to one of its URLs",
+            ),
+            &["input"],
+        )
+        .expect("metric");
+        let pull_bytes = per(
+            "pull_input_bytes_total",
+            "Bytes received by a pull input (counted when a connection ends)",
+            "input",
+        );
+        let pull_failures = per(
+            "pull_input_failures_total",
+            "Pull-input URLs that failed to connect or delivered no media",
+            "input",
+        );
+        let output_connected = IntGaugeVec::new(
+            Opts::new(
+                "output_connected",
+                "1 while a push output is connected to a target",
+            ),
+            &["output"],
+        )
+        .expect("metric");
+        let output_bytes = per(
+            "output_bytes_total",
+            "Bytes a push output sent to its targets",
+            "output",
+        );
+        let output_drops = per(
+            "output_drops_total",
+            "Established push-output connections that dropped",
+            "output",
+        );
         for m in [
             Box::new(feeds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(players.clone()),
@@ -105,6 +150,12 @@ impl Metrics {
             Box::new(srt_rx_packets.clone()),
             Box::new(srt_rx_loss.clone()),
             Box::new(srt_rx_retransmitted.clone()),
+            Box::new(pull_connected.clone()),
+            Box::new(pull_bytes.clone()),
+            Box::new(pull_failures.clone()),
+            Box::new(output_connected.clone()),
+            Box::new(output_bytes.clone()),
+            Box::new(output_drops.clone()),
         ] {
             registry.register(m).expect("register metric");
         }
@@ -123,7 +174,27 @@ impl Metrics {
             srt_rx_packets,
             srt_rx_loss,
             srt_rx_retransmitted,
+            pull_connected,
+            pull_bytes,
+            pull_failures,
+            output_connected,
+            output_bytes,
+            output_drops,
         }
+    }
+
+    /// Drop the series of a deleted pull input.
+    pub fn forget_pull(&self, id: &str) {
+        let _ = self.pull_connected.remove_label_values(&[id]);
+        let _ = self.pull_bytes.remove_label_values(&[id]);
+        let _ = self.pull_failures.remove_label_values(&[id]);
+    }
+
+    /// Drop the series of a deleted push output.
+    pub fn forget_output(&self, id: &str) {
+        let _ = self.output_connected.remove_label_values(&[id]);
+        let _ = self.output_bytes.remove_label_values(&[id]);
+        let _ = self.output_drops.remove_label_values(&[id]);
     }
 
     /// The Prometheus text exposition.

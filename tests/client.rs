@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
-use common::media::{self, Fixture, Player};
+use common::media::{self, ffmpeg_source, free_tcp_port, free_udp_port, Fixture, Player};
 use primacy::client::{self, ClientError, ClientOptions, ClientUrl, PullSession, PushEnd};
 use primacy::domain::{SourceId, StreamName};
 use primacy::engine::{FeedMedia, SourceKey};
@@ -83,38 +82,6 @@ async fn collect(s: &mut PullSession, frames: usize) -> Seen {
         }
     }
     seen
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// ffmpeg serving a fixture to the first client that connects.
-fn ffmpeg_source(f: Fixture, format: &str, listen_url: &str) -> media::Proc {
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-stream_loop", "-1", "-i"])
-        .arg(media::fixture(f))
-        .args(["-c", "copy", "-f", format]);
-    if format == "flv" {
-        cmd.args(["-listen", "1"]);
-    }
-    cmd.arg(listen_url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    media::spawn_logged(&mut cmd, "ffmpeg listening source")
 }
 
 fn runtime() -> tokio::runtime::Runtime {

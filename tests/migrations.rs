@@ -6,7 +6,13 @@ mod common;
 use common::TestDb;
 use diesel::{PgConnection, RunQueryDsl};
 
-const TABLES: [&str; 3] = ["publish_tokens", "api_keys", "audit_log"];
+const TABLES: [&str; 5] = [
+    "publish_tokens",
+    "api_keys",
+    "audit_log",
+    "pull_inputs",
+    "push_outputs",
+];
 
 #[derive(diesel::QueryableByName)]
 struct Name {
@@ -19,7 +25,8 @@ fn tables(conn: &mut PgConnection) -> Vec<String> {
     let rows: Vec<Name> = diesel::sql_query(
         "SELECT table_name::text AS name FROM information_schema.tables \
          WHERE table_schema = 'public' \
-           AND table_name IN ('publish_tokens', 'api_keys', 'audit_log') \
+           AND table_name IN ('publish_tokens', 'api_keys', 'audit_log', \
+                              'pull_inputs', 'push_outputs') \
          ORDER BY 1",
     )
     .load(conn)

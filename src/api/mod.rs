@@ -9,6 +9,8 @@ pub mod feeds;
 pub mod health;
 pub mod node;
 pub mod openapi;
+pub mod outputs;
+pub mod pull_inputs;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -118,6 +120,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Open RTMP and SRT client connections (what a drain waits for).
     pub sessions: TaskTracker,
+    /// This node's pull inputs and push outputs.
+    pub relays: Arc<crate::relay::Relays>,
     pub started: Instant,
 }
 
@@ -188,7 +192,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/api-keys", web::get().to(api_keys::list))
             .route("/api-keys/{id}", web::delete().to(api_keys::revoke))
             .route("/audit", web::get().to(audit::list))
-            .route("/node/drain", web::post().to(node::drain)),
+            .route("/node/drain", web::post().to(node::drain))
+            .route("/pull-inputs", web::post().to(pull_inputs::create))
+            .route("/pull-inputs", web::get().to(pull_inputs::list))
+            .route("/pull-inputs/{id}", web::get().to(pull_inputs::show))
+            .route("/pull-inputs/{id}", web::delete().to(pull_inputs::delete))
+            .route("/outputs", web::post().to(outputs::create))
+            .route("/outputs", web::get().to(outputs::list))
+            .route("/outputs/{id}", web::get().to(outputs::show))
+            .route("/outputs/{id}", web::patch().to(outputs::patch))
+            .route("/outputs/{id}", web::delete().to(outputs::delete)),
     )
     .default_service(web::to(not_found));
 }

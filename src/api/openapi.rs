@@ -5,13 +5,13 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, audit, feeds, health, node, tokens};
+use super::{api_keys, audit, feeds, health, node, outputs, pull_inputs, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Primacy operator API",
-        description = "Publish tokens, the Reprioritize call, operator API keys, the audit log and the node drain of the Primacy ingest gateway. \
+        description = "Publish tokens, the Reprioritize call, operator API keys, the audit log, pull inputs, push outputs and the node drain of the Primacy ingest gateway. \
                        Authenticate with `Authorization: Bearer <API key>`; keys have the scopes read, write or admin \
                        (each includes the ones before it). Errors are JSON `{\"error\": {\"code\": ..., \"message\": ...}}`.",
         license(name = "Apache-2.0"),
@@ -36,12 +36,23 @@ use super::{api_keys, audit, feeds, health, node, tokens};
         api_keys::revoke,
         audit::list,
         node::drain,
+        pull_inputs::create,
+        pull_inputs::list,
+        pull_inputs::show,
+        pull_inputs::delete,
+        outputs::create,
+        outputs::list,
+        outputs::show,
+        outputs::patch,
+        outputs::delete,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "tokens", description = "Publish tokens and Reprioritize"),
         (name = "streams", description = "Live streams, sources and feeds on this node"),
         (name = "api-keys", description = "Operator API keys (admin scope)"),
+        (name = "pull-inputs", description = "Persistent pull streams: remote RTMP/SRT sources as feeds in the election"),
+        (name = "outputs", description = "Push outputs (restream) to RTMP/SRT targets with failover"),
         (name = "audit", description = "Audit log"),
         (name = "node", description = "This gateway process: drain (admin scope)"),
         (name = "health", description = "Liveness, readiness, this document"),

@@ -9,8 +9,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FeedView {
     pub feed_id: Uuid,
+    /// The publish token's id; for a pull feed, the pull input's id.
     pub token_id: Uuid,
-    /// The token's label.
+    /// The token's label; for a pull feed, `pull ` and the URL it receives
+    /// (secrets masked).
     pub label: String,
     pub stream: String,
     pub source_id: String,

@@ -4,6 +4,7 @@
 //! touch election state; they send the engine commands and media.
 
 pub mod demux;
+pub mod pull;
 pub mod rtmp;
 pub mod srt;
 pub mod url;

@@ -8,6 +8,8 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod pull_inputs;
+pub mod push_outputs;
 pub mod schema;
 pub mod tokens;
 

@@ -40,4 +40,41 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(api_keys, audit_log, publish_tokens,);
+diesel::table! {
+    pull_inputs (id) {
+        id -> Uuid,
+        node_id -> Text,
+        stream -> Text,
+        source_id -> Text,
+        urls -> Array<Nullable<Text>>,
+        priority -> Nullable<Int4>,
+        persistent -> Bool,
+        retry_count -> Nullable<Int4>,
+        no_input_timeout_ms -> Int8,
+        reconnect_delay_ms -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    push_outputs (id) {
+        id -> Uuid,
+        node_id -> Text,
+        stream -> Text,
+        source_id -> Text,
+        targets -> Jsonb,
+        enabled -> Bool,
+        reconnect_delay_ms -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    audit_log,
+    publish_tokens,
+    pull_inputs,
+    push_outputs,
+);

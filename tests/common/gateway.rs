@@ -18,9 +18,43 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway with `failback_hold` = 1 s.
     pub fn start() -> Self {
-        let s = TestServer::start_with(|c| c.election.failback_hold_ms = 1_000);
+        Self::start_with(|_| {})
+    }
+
+    /// A gateway with `failback_hold` = 1 s, then `tweak` applied.
+    pub fn start_with(tweak: impl FnOnce(&mut primacy::config::Config)) -> Self {
+        let s = TestServer::start_with(|c| {
+            c.election.failback_hold_ms = 1_000;
+            tweak(c);
+        });
         let key = s.db.api_key(&[Scope::Admin]);
         Self { s, key }
+    }
+
+    /// `method path` with the admin key and a JSON body; (status, body).
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(Value::to_string);
+        self.s.call(method, path, Some(&self.key), body.as_deref())
+    }
+
+    /// Wait (at most `timeout`) until `f` returns `Some`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A token for `streams` at `priority`: (token id, secret).

@@ -363,3 +363,75 @@ pub fn publish_expect_refusal(f: Fixture, url: &str, timeout: Duration) -> (Opti
 pub fn publish_srt(f: Fixture, url: &str) -> Proc {
     publish_as(f, url, "mpegts")
 }
+
+/// A loopback port free right now (for a listener started by a child).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something listens on loopback TCP `port` (or has UDP `port`
+/// bound), without connecting to it (ffmpeg's `-listen 1` serves exactly
+/// one client). Reads `/proc/net/{tcp,udp}`; panics after `timeout`.
+pub fn wait_bound(port: u16, udp: bool, timeout: Duration) {
+    let (file, state) = if udp {
+        ("/proc/net/udp", None)
+    } else {
+        ("/proc/net/tcp", Some("0A"))
+    };
+    let want = format!(":{port:04X}");
+    let end = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let found = text.lines().skip(1).any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[1].ends_with(&want) && state.is_none_or(|s| cols[3] == s)
+        });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "nothing bound port {port} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// ffmpeg serving a fixture to the first client that connects.
+pub fn ffmpeg_source(f: Fixture, format: &str, listen_url: &str) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-stream_loop", "-1", "-i"])
+        .arg(fixture(f))
+        .args(["-c", "copy", "-f", format]);
+    if format == "flv" {
+        cmd.args(["-listen", "1"]);
+    }
+    cmd.arg(listen_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let p = spawn_logged(&mut cmd, "ffmpeg listening source");
+    let port = listen_url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("a port in the listen URL");
+    wait_bound(
+        port,
+        listen_url.starts_with("srt://"),
+        Duration::from_secs(20),
+    );
+    p
+}

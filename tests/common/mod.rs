@@ -150,6 +150,34 @@ impl TestServer {
         }
     }
 
+    /// Stop the gateway (a full drain) and start a new one on the same
+    /// database, as a restart of the process would; `tweak` adjusts the
+    /// new configuration. Returns how long the new start took.
+    pub fn restart_with(&mut self, tweak: impl FnOnce(&mut Config)) -> Duration {
+        if let Some(running) = self.running.take() {
+            self.rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(20), running.shutdown()).await;
+            });
+        }
+        let mut config = test_config(&self.db);
+        tweak(&mut config);
+        let cancel = CancellationToken::new();
+        let t0 = std::time::Instant::now();
+        let running = self
+            .rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), lifecycle::start(config, &cancel))
+                    .await
+            })
+            .expect("gateway restarted within 30 s")
+            .expect("gateway restart");
+        let took = t0.elapsed();
+        self.base = format!("http://{}", running.http_addr);
+        self.http = Http::new(&self.base);
+        self.running = Some(running);
+        took
+    }
+
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt
     }

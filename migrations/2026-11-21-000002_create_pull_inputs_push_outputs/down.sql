@@ -1,0 +1,2 @@
+DROP TABLE push_outputs;
+DROP TABLE pull_inputs;
