@@ -80,6 +80,7 @@ pub struct Config {
     pub switch: SwitchConfig,
     pub shutdown: ShutdownConfig,
     pub relay: RelayConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +263,53 @@ pub struct SwitchConfig {
     pub gop_cache_max_bytes: usize,
 }
 
+/// Multi-node coordination (active only when `redis.url` is set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared by the nodes of a cluster: signs the credentials one node uses
+    /// to pull a feed from another (node-to-node relay). At least 32 bytes;
+    /// required when `redis.url` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// Addresses other nodes and the Director hand out for this node
+    /// (`host:port`); default: the bound listen address.
+    pub public_http: Option<String>,
+    pub public_rtmp: Option<String>,
+    pub public_srt: Option<String>,
+    /// The Director lists this region first when the caller names none.
+    pub preferred_region: Option<String>,
+    /// A node whose lease is not renewed for this long is gone.
+    pub lease_ttl_ms: u64,
+    /// How often the lease is renewed.
+    pub lease_renew_ms: u64,
+    /// How often the whole feed registry is re-read and this node's part
+    /// rewritten (repairs missed events).
+    pub resync_ms: u64,
+    /// How long a cross-node command waits for the other nodes' answers.
+    pub ack_timeout_ms: u64,
+    /// Also relay the second-best remote feed of a watched source, so a
+    /// cross-node failover is as fast as a local one.
+    pub prefetch_runner_up: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            public_http: None,
+            public_rtmp: None,
+            public_srt: None,
+            preferred_region: None,
+            lease_ttl_ms: 5_000,
+            lease_renew_ms: 1_000,
+            resync_ms: 2_000,
+            ack_timeout_ms: 1_000,
+            prefetch_runner_up: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -303,6 +351,7 @@ impl Default for Config {
             switch: SwitchConfig::default(),
             shutdown: ShutdownConfig::default(),
             relay: RelayConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -416,6 +465,7 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("PRIMACY_SRT_LISTEN", "listen.srt"),
     ("PRIMACY_NODE_ID", "node_id"),
     ("PRIMACY_REGION", "region"),
+    ("PRIMACY_CLUSTER_SECRET", "cluster.secret"),
 ];
 
 /// `PRIMACY_HS256_SECRET` (with optional `PRIMACY_HS256_KID`, default `env`)
@@ -597,6 +647,7 @@ impl Config {
                 "must be non-empty and contain no spaces",
             ));
         }
+        self.validate_cluster()?;
         self.validate_keys()?;
         if self.auth.token_cache_ttl_ms == 0 {
             return Err(invalid("auth.token_cache_ttl_ms", "must be greater than 0"));
@@ -714,10 +765,56 @@ impl Config {
 
     /// Rules that only `serve` needs (tools like `migrate` run without keys).
     pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        if self.redis.url.is_some() && self.cluster.secret.is_none() {
+            return Err(invalid(
+                "cluster.secret",
+                "required when redis.url is set (at least 32 bytes, the same on every node)",
+            ));
+        }
         if self.auth.signing_keys.is_empty() {
             return Err(invalid(
                 "auth.signing_keys",
                 format!("at least one publish-token signing key is required (or set {ENV_HS256_SECRET})"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+            return Err(invalid("cluster.secret", "must be at least 32 bytes"));
+        }
+        for (key, v) in [
+            ("cluster.public_http", &c.public_http),
+            ("cluster.public_rtmp", &c.public_rtmp),
+            ("cluster.public_srt", &c.public_srt),
+        ] {
+            if let Some(v) = v {
+                let ok = v
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok || v.contains(char::is_whitespace) || v.contains('/') {
+                    return Err(invalid(key, "must be host:port"));
+                }
+            }
+        }
+        if c.lease_ttl_ms < 1_000 {
+            return Err(invalid("cluster.lease_ttl_ms", "must be at least 1000"));
+        }
+        if c.lease_renew_ms == 0 || c.lease_renew_ms * 2 > c.lease_ttl_ms {
+            return Err(invalid(
+                "cluster.lease_renew_ms",
+                "must be greater than 0 and at most half of cluster.lease_ttl_ms",
+            ));
+        }
+        if c.resync_ms < 100 {
+            return Err(invalid("cluster.resync_ms", "must be at least 100"));
+        }
+        if !(10..=60_000).contains(&c.ack_timeout_ms) {
+            return Err(invalid(
+                "cluster.ack_timeout_ms",
+                "must be between 10 and 60000",
             ));
         }
         Ok(())

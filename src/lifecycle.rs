@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, Readiness};
 use crate::auth::jwt::KeySet;
 use crate::auth::publish::Admission;
+use crate::cluster::{self, Cluster, Membership, MembershipSlot};
 use crate::config::Config;
 use crate::egress::push::OutputDef;
 use crate::engine::{self, EngineHandle, EngineSettings};
@@ -56,6 +57,8 @@ pub struct Running {
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     config: Arc<Config>,
     pub relays: Arc<Relays>,
+    /// The cluster shell (when `redis.url` is set).
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -254,6 +259,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         readiness.drain_token(),
     );
 
+    let membership = MembershipSlot::default();
     let stop = CancellationToken::new();
     // Pull inputs end with the sessions (stop); outputs flush after them.
     let relays = Arc::new(Relays::new(
@@ -275,6 +281,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             sessions: sessions.clone(),
             relays: relays.clone(),
             started: t0,
+            membership: membership.clone(),
         },
     )?;
     let handle = server.handle();
@@ -305,11 +312,30 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         .await;
 
     let step = Step::begin(6, "join cluster");
-    // The Redis cluster shell (node lease, feed registry) joins here.
-    match &config.redis.url {
+    // Does not wait for Redis: a node serves without it and joins when it can.
+    let settings = cluster::Settings::from_config(&config, (http_addr, rtmp_addr, srt_addr));
+    let cluster = Cluster::start(
+        &config,
+        settings.clone(),
+        cluster::Parts {
+            engine: engine.clone(),
+            admission: admission.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+        },
+    )?;
+    match &cluster {
         None => step.skipped("single node (no redis.url)"),
-        Some(_) => step.skipped("clustering is not part of this build yet"),
+        Some(_) => step.done(&format!(
+            "node {} in region {}, key prefix {}",
+            config.node_id, config.region, config.redis.key_prefix
+        )),
     }
+    let _ = membership.set(Membership {
+        settings,
+        cluster: cluster.clone(),
+        started_at: chrono::Utc::now(),
+    });
 
     let step = Step::begin(7, "ready");
     readiness.set_ready();
@@ -332,6 +358,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         server_task,
         config,
         relays,
+        cluster,
     })
 }
 
@@ -499,8 +526,9 @@ impl Running {
     /// Drain, first step after readiness: mark this node's cluster lease
     /// draining so the other nodes and the Director stop offering it.
     async fn cluster_mark_draining(&self) {
-        if self.config.redis.url.is_some() {
-            tracing::info!("drain: no cluster lease in this build; nothing to mark");
+        if let Some(c) = &self.cluster {
+            c.set_draining();
+            tracing::info!("drain: cluster lease marked draining");
         }
     }
 
@@ -516,8 +544,8 @@ impl Running {
     /// Drain, last step: release the cluster lease so the other nodes stop
     /// counting this node's feeds at once.
     async fn cluster_release(&self) {
-        if self.config.redis.url.is_some() {
-            tracing::info!("drain: no cluster lease in this build; nothing to release");
+        if let Some(c) = &self.cluster {
+            c.leave().await;
         }
     }
 }

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub output_connected: IntGaugeVec,
     pub output_bytes: IntCounterVec,
     pub output_drops: IntCounterVec,
+    pub cluster_redis_up: IntGauge,
+    pub cluster_nodes: IntGauge,
+    pub cluster_remote_feeds: IntGauge,
+    pub cluster_feeds: prometheus::IntGaugeVec,
+    pub cluster_relays: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -136,8 +141,44 @@ impl Metrics {
             "Established push-output connections that dropped",
             "output",
         );
+        let cluster_redis_up = IntGauge::new(
+            "cluster_redis_up",
+            "1 while Redis is reachable (cluster mode only)",
+        )
+        .expect("metric");
+        let cluster_nodes = IntGauge::new(
+            "cluster_nodes",
+            "Live nodes this node knows, itself included",
+        )
+        .expect("metric");
+        let cluster_remote_feeds = IntGauge::new(
+            "cluster_remote_feeds",
+            "Feeds of other nodes in this node's election",
+        )
+        .expect("metric");
+        let cluster_feeds = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "cluster_feeds",
+                "Feeds in this node's election by the node and region that has them",
+            ),
+            &["node", "region"],
+        )
+        .expect("metric");
+        let cluster_relays = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "cluster_relays",
+                "Node-to-node relays (mirrors of remote feeds) by state",
+            ),
+            &["state"],
+        )
+        .expect("metric");
         for m in [
             Box::new(feeds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_redis_up.clone()),
+            Box::new(cluster_nodes.clone()),
+            Box::new(cluster_remote_feeds.clone()),
+            Box::new(cluster_feeds.clone()),
+            Box::new(cluster_relays.clone()),
             Box::new(players.clone()),
             Box::new(active_priority.clone()),
             Box::new(switches.clone()),
@@ -180,6 +221,11 @@ impl Metrics {
             output_connected,
             output_bytes,
             output_drops,
+            cluster_redis_up,
+            cluster_nodes,
+            cluster_remote_feeds,
+            cluster_feeds,
+            cluster_relays,
         }
     }
 

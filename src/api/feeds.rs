@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
-use crate::domain::{FeedId, StreamName};
+use crate::cluster::Command;
+use crate::domain::{FeedId, StreamName, TokenId};
 use crate::engine::{FeedView, StreamView};
 use crate::store::{self, audit::NewAudit};
 
@@ -88,6 +89,16 @@ pub async fn show_stream(
         .ok_or_else(|| ApiError::not_found("live stream"))
 }
 
+/// The ban of a kicked feed, for every other node.
+fn ban_command(v: &FeedView, ban_seconds: u32) -> Option<Command> {
+    Some(Command::Ban {
+        token: TokenId(v.token_id),
+        stream: v.stream.parse().ok()?,
+        source_id: v.source_id.parse().ok()?,
+        ban_seconds,
+    })
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -105,7 +116,7 @@ pub struct KickQuery {
         (status = 400, description = "Malformed id or query", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "Key lacks the write scope", body = ErrorBody),
-        (status = 404, description = "No such live feed on this node", body = ErrorBody),
+        (status = 404, description = "No such live feed on any node", body = ErrorBody),
         (status = 422, description = "ban_seconds out of range", body = ErrorBody),
         (status = 503, description = "Shutting down or database unavailable", body = ErrorBody),
     ),
@@ -123,12 +134,55 @@ pub async fn kick(
         ));
     }
     let id = id.into_inner();
-    let view = state
+    let ban_for = Duration::from_secs(u64::from(ban));
+    let local = state
         .engine
-        .kick(FeedId(id), Duration::from_secs(u64::from(ban)))
+        .kick(FeedId(id), ban_for)
         .await
-        .map_err(engine_gone)?
-        .ok_or_else(|| ApiError::not_found("live feed"))?;
+        .map_err(engine_gone)?;
+    let view = match (local, state.cluster()) {
+        (Some(v), cluster) => {
+            if let (Some(c), Some(cmd)) = (cluster, ban_command(&v, ban).filter(|_| ban > 0)) {
+                c.send(cmd);
+            }
+            v
+        }
+        (None, Some(c)) => {
+            // Not here: whichever node has it kicks it.
+            let g = c.broadcast(Command::Kick { feed: FeedId(id) }).await;
+            let found = g
+                .acks
+                .into_iter()
+                .find_map(|a| a.outcome.affected.into_iter().next());
+            match found {
+                Some(v) => {
+                    if ban > 0 {
+                        if let (Ok(stream), Ok(source)) = (v.stream.parse(), v.source_id.parse()) {
+                            let key = crate::engine::SourceKey { stream, source };
+                            let _ = state.engine.ban(TokenId(v.token_id), key, ban_for).await;
+                        }
+                        if let Some(cmd) = ban_command(&v, ban) {
+                            c.send(cmd);
+                        }
+                    }
+                    v
+                }
+                None if !g.missing.is_empty() => {
+                    let names: Vec<String> = g.missing.iter().map(|n| n.node.clone()).collect();
+                    return Err(ApiError::new(
+                        actix_web::http::StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!(
+                            "live feed not found; nodes {} did not answer",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                None => return Err(ApiError::not_found("live feed")),
+            }
+        }
+        (None, None) => return Err(ApiError::not_found("live feed")),
+    };
     let actor = auth.actor();
     let after = serde_json::json!({"ban_seconds": ban, "token_id": view.token_id, "stream": view.stream, "source_id": view.source_id});
     let before = serde_json::to_value(&view).ok();

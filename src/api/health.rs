@@ -32,6 +32,9 @@ pub struct Health {
     /// Present while draining.
     pub drain: Option<DrainStatus>,
     pub uptime_seconds: u64,
+    /// Cluster coordination (only with `redis.url`). Redis being down does
+    /// not fail liveness: streams stay on air without it.
+    pub redis: Option<crate::cluster::RedisState>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -71,6 +74,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             max_wait_ms: state.config.shutdown.max_wait_ms,
         }),
         uptime_seconds: state.started.elapsed().as_secs(),
+        redis: state.cluster().map(|c| c.redis_state()),
     };
     if db_ok {
         HttpResponse::Ok().json(body)

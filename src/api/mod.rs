@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod feeds;
 pub mod health;
@@ -123,6 +124,15 @@ pub struct AppState {
     /// This node's pull inputs and push outputs.
     pub relays: Arc<crate::relay::Relays>,
     pub started: Instant,
+    /// This node's place in the cluster (set when it joins).
+    pub membership: crate::cluster::MembershipSlot,
+}
+
+impl AppState {
+    /// The running cluster shell, when `redis.url` is set.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.membership.get().and_then(|m| m.cluster.as_ref())
+    }
 }
 
 /// One page of a list.
@@ -201,7 +211,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/outputs", web::get().to(outputs::list))
             .route("/outputs/{id}", web::get().to(outputs::show))
             .route("/outputs/{id}", web::patch().to(outputs::patch))
-            .route("/outputs/{id}", web::delete().to(outputs::delete)),
+            .route("/outputs/{id}", web::delete().to(outputs::delete))
+            .route("/cluster/nodes", web::get().to(cluster::nodes))
+            .route("/director/publish", web::get().to(cluster::director)),
     )
     .default_service(web::to(not_found));
 }

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, audit, feeds, health, node, outputs, pull_inputs, tokens};
+use super::{api_keys, audit, cluster, feeds, health, node, outputs, pull_inputs, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +45,8 @@ use super::{api_keys, audit, feeds, health, node, outputs, pull_inputs, tokens};
         outputs::show,
         outputs::patch,
         outputs::delete,
+        cluster::nodes,
+        cluster::director,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -55,6 +57,7 @@ use super::{api_keys, audit, feeds, health, node, outputs, pull_inputs, tokens};
         (name = "outputs", description = "Push outputs (restream) to RTMP/SRT targets with failover"),
         (name = "audit", description = "Audit log"),
         (name = "node", description = "This gateway process: drain (admin scope)"),
+        (name = "cluster", description = "Nodes of the cluster and the Director (where to publish)"),
         (name = "health", description = "Liveness, readiness, this document"),
     )
 )]
@@ -71,6 +74,15 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("An operator API key, e.g. `pmy_1a2b3c4d_...`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "publish_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A publish token secret (the Director only)"))
                     .build(),
             ),
         );

@@ -12,6 +12,7 @@ use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
 use crate::auth::tokens::{check_label, invalid, normalize_ips, StreamRule, TokenRules};
+use crate::cluster::Command;
 use crate::domain::{StreamName, TokenId};
 use crate::store::audit::NewAudit;
 use crate::store::tokens::{self as q, TokenRow};
@@ -188,6 +189,9 @@ pub struct ReprioritizeResult {
     pub affected: Vec<AffectedFeed>,
     /// Feeds of this token with a `priority=` publish parameter: untouched.
     pub pinned: Vec<AffectedFeed>,
+    /// Live nodes of the cluster that did not answer within
+    /// `cluster.ack_timeout_ms` (their feeds are not in the lists).
+    pub unanswered: Vec<crate::cluster::NodeRef>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -205,8 +209,12 @@ pub struct TokenListQuery {
     pub per_page: Option<u32>,
 }
 
+/// Drop the cached row here and on every other node.
 fn invalidate(state: &AppState, id: Uuid) {
     state.admission.invalidate(TokenId(id));
+    if let Some(c) = state.cluster() {
+        c.send(Command::TokenChanged { token: TokenId(id) });
+    }
 }
 
 /// Disconnect a token's live feeds at once (disabled or deleted). The row
@@ -218,6 +226,18 @@ async fn disconnect_feeds(state: &AppState, id: Uuid, reason: &str) {
         }
         Ok(_) => {}
         Err(_) => tracing::warn!(token_id = %id, "engine stopped; feeds not disconnected"),
+    }
+    if let Some(c) = state.cluster() {
+        let g = c
+            .broadcast(Command::DisconnectToken {
+                token: TokenId(id),
+                reason: reason.to_owned(),
+            })
+            .await;
+        let remote: usize = g.acks.iter().map(|a| a.outcome.affected.len()).sum();
+        if remote > 0 {
+            tracing::info!(token_id = %id, feeds = remote, reason, "other nodes disconnected the token's feeds");
+        }
     }
 }
 
@@ -663,11 +683,27 @@ pub async fn reprioritize(
     })
     .await?;
     let previous_priority = before.priority;
-    let report = state
+    let mut report = state
         .engine
         .reprioritize(TokenId(id), row.priority, body.disconnect)
         .await
         .map_err(|_| ApiError::unavailable("engine_stopped", "the gateway is shutting down"))?;
+    // Applied here first; then every other node, answering within a bound.
+    let mut unanswered = Vec::new();
+    if let Some(c) = state.cluster() {
+        let g = c
+            .broadcast(Command::Reprioritize {
+                token: TokenId(id),
+                priority: row.priority,
+                disconnect: body.disconnect,
+            })
+            .await;
+        for ack in g.acks {
+            report.affected.extend(ack.outcome.affected);
+            report.pinned.extend(ack.outcome.pinned);
+        }
+        unanswered = g.missing;
+    }
     tracing::info!(token_id = %id, ?previous_priority, priority = ?row.priority, disconnect = body.disconnect,
         affected = report.affected.len(), pinned = report.pinned.len(), "token reprioritized");
     Ok(web::Json(ReprioritizeResult {
@@ -680,6 +716,7 @@ pub async fn reprioritize(
             .map(AffectedFeed::from_view)
             .collect(),
         pinned: report.pinned.iter().map(AffectedFeed::from_view).collect(),
+        unanswered,
     }))
 }
 

@@ -164,6 +164,14 @@ pub enum Input {
     Drain {
         feed: FeedId,
     },
+    /// A feed whose eligibility another node decides (a remote feed of the
+    /// global election): eligible since `since` (as that node reported it,
+    /// so every node ranks it the same), or not available (`None`). No flap
+    /// accounting here: the owning node does it and reports the result.
+    Remote {
+        feed: FeedId,
+        since: Option<Instant>,
+    },
 }
 
 /// A feed as the election sees it (for views and tests).

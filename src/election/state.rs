@@ -158,6 +158,25 @@ impl SourceElection {
                     f.eligible_since = None;
                 }
             }
+            Input::Remote { feed, since } => {
+                if let Some(f) = self.feeds.get_mut(&feed) {
+                    f.in_penalty = false;
+                    f.losses.clear();
+                    match since {
+                        Some(since) => {
+                            let since = since.min(now);
+                            f.healthy = true;
+                            f.healthy_since = Some(since);
+                            f.eligible_since = (!f.draining).then_some(since);
+                        }
+                        None => {
+                            f.healthy = false;
+                            f.healthy_since = None;
+                            f.eligible_since = None;
+                        }
+                    }
+                }
+            }
         }
         // A zero `flap_hold` ends a penalty the instant the feed is healthy.
         self.advance(now);

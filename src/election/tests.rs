@@ -566,3 +566,44 @@ fn serialization() {
     assert_eq!(v["priority"], 5);
     assert!(v.get("eligible_since").is_none());
 }
+
+/// Global election: two nodes that learn of the same two equal-priority
+/// feeds in opposite orders end up with the same primary, because a remote
+/// feed is ranked by the instant its own node reported it eligible.
+#[test]
+fn remote_feeds_rank_by_reported_since_so_nodes_agree() {
+    let remote = |h: &mut H, ms: u64, n: u128, since: Option<u64>| {
+        let since = since.map(|s| h.t(s));
+        h.input(
+            ms,
+            Input::Remote {
+                feed: fid(n),
+                since,
+            },
+        )
+    };
+    // Node A: feed 1 is local (eligible at 0), feed 2 remote (eligible at 100, heard at 300).
+    let mut a = H::new();
+    assert_eq!(a.up(0, 1, 50), sw(None, 1, false, SwitchReason::First));
+    a.join(300, 2, pr(50));
+    assert_eq!(remote(&mut a, 300, 2, Some(100)), vec![]);
+    assert_eq!(a.timeout(5_000), vec![]);
+    // Node B: feed 2 is local (eligible at 100), feed 1 remote (eligible at 0, heard at 400).
+    let mut b = H::new();
+    assert_eq!(b.up(100, 2, 50), sw(None, 2, false, SwitchReason::First));
+    b.join(400, 1, pr(50));
+    assert_eq!(remote(&mut b, 400, 1, Some(0)), vec![]);
+    // Feed 1 has been eligible longer: it takes the air once its hold (from
+    // the reported instant) has passed, and both nodes agree.
+    assert_eq!(b.poll_ms(), Some(2_000));
+    assert_eq!(b.timeout(2_000), sw(Some(2), 1, true, SwitchReason::Better));
+    assert_eq!(a.primary(), b.primary());
+    // The remote feed turns unavailable: at once to the next (unplanned).
+    assert_eq!(
+        remote(&mut b, 2_500, 1, None),
+        sw(Some(1), 2, false, SwitchReason::PrimaryLost)
+    );
+    // A remote feed never reported eligible in the future of `now`.
+    assert_eq!(remote(&mut b, 2_600, 1, Some(9_999)), vec![]);
+    assert!(b.state(1).eligible_since.is_some_and(|s| s <= b.t(2_600)));
+}

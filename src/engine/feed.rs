@@ -40,8 +40,22 @@ impl RateWindow {
     }
 }
 
+/// Where a feed of another node comes from (global election).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Origin {
+    pub node: String,
+    pub region: String,
+    /// As its node reported it: eligible since (None: not eligible).
+    pub eligible_since: Option<Instant>,
+    pub draining: bool,
+}
+
 pub(super) struct FeedSlot {
     pub meta: FeedMeta,
+    /// `Some` for a feed published on another node; media arrives only
+    /// through a relay (a mirror of it) and its eligibility comes from the
+    /// registry, not from local health checks.
+    pub origin: Option<Origin>,
     pub control: mpsc::Sender<FeedControl>,
     pub connected_at: DateTime<Utc>,
     pub joined: Instant,
@@ -74,6 +88,7 @@ impl FeedSlot {
     ) -> Self {
         Self {
             meta,
+            origin: None,
             control,
             connected_at: Utc::now(),
             joined: now,
@@ -139,6 +154,10 @@ impl FeedSlot {
     pub fn mark_unhealthy(&mut self) {
         self.healthy = false;
         self.gop.clear();
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.origin.is_some()
     }
 
     pub fn has_video(&self) -> bool {

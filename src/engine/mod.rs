@@ -9,6 +9,7 @@
 
 mod feed;
 mod player;
+mod remote;
 mod source;
 pub mod view;
 
@@ -29,6 +30,8 @@ use crate::domain::{FeedId, Priority, SourceId, StreamName, TokenId};
 use crate::media::{CodecConfig, Frame};
 use crate::metrics::Metrics;
 pub use player::{PlayerFormat, PlayerItem};
+use remote::RemoteCommand;
+pub use remote::{LocalFeed, RemoteFeed, WantedMirror};
 use source::Source;
 pub use view::{FeedView, ReprioritizeReport, SourceView, SrtFeedStats, StreamView, SwitchRecord};
 
@@ -49,7 +52,7 @@ impl std::fmt::Display for SourceKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Rtmp,
@@ -149,12 +152,15 @@ pub(crate) enum Command {
     Snapshot {
         reply: oneshot::Sender<Vec<StreamView>>,
     },
+    /// The global election (cluster shell).
+    Remote(RemoteCommand),
 }
 
 /// The way in. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    changes: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +249,55 @@ impl EngineHandle {
     pub async fn snapshot(&self) -> Result<Vec<StreamView>, EngineGone> {
         self.ask(|reply| Command::Snapshot { reply }).await
     }
+
+    /// Signalled whenever a local feed's election facts may have changed
+    /// (the cluster shell then reads [`EngineHandle::local_feeds`]).
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changes.clone()
+    }
+
+    async fn remote(&self, cmd: RemoteCommand) -> Result<(), EngineGone> {
+        self.tx
+            .send(Command::Remote(cmd))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// Add or update a feed of another node in the election.
+    pub async fn remote_upsert(&self, feed: RemoteFeed) -> Result<(), EngineGone> {
+        self.remote(RemoteCommand::Upsert(Box::new(feed))).await
+    }
+
+    pub async fn remote_remove(&self, feed: FeedId) -> Result<(), EngineGone> {
+        self.remote(RemoteCommand::Remove(feed)).await
+    }
+
+    /// Replace every remote feed by `feeds` (a full resync).
+    pub async fn remote_replace(&self, feeds: Vec<RemoteFeed>) -> Result<(), EngineGone> {
+        self.remote(RemoteCommand::Replace(feeds)).await
+    }
+
+    /// Refuse `token` on a source for `ban` (a kick with ban on another node).
+    pub async fn ban(
+        &self,
+        token: TokenId,
+        key: SourceKey,
+        ban: Duration,
+    ) -> Result<(), EngineGone> {
+        self.remote(RemoteCommand::Ban { token, key, ban }).await
+    }
+
+    /// This node's feeds, for the registry.
+    pub async fn local_feeds(&self) -> Result<Vec<LocalFeed>, EngineGone> {
+        self.ask(|reply| Command::Remote(RemoteCommand::LocalFeeds(reply)))
+            .await
+    }
+
+    /// Remote feeds that players here need relayed.
+    pub async fn wanted_mirrors(&self, runner_up: bool) -> Result<Vec<WantedMirror>, EngineGone> {
+        self.ask(|reply| Command::Remote(RemoteCommand::Wanted { runner_up, reply }))
+            .await
+    }
 }
 
 /// Settings the engine reads from the configuration.
@@ -260,6 +315,8 @@ pub struct EngineSettings {
     pub vacant_hold: Duration,
     pub gop_cache_max_bytes: usize,
     pub player_queue: usize,
+    /// Notified when a local feed's election facts may have changed.
+    pub changes: Arc<tokio::sync::Notify>,
 }
 
 impl EngineSettings {
@@ -278,6 +335,7 @@ impl EngineSettings {
             vacant_hold: Duration::from_millis(c.switch.vacant_hold_ms),
             gop_cache_max_bytes: c.switch.gop_cache_max_bytes,
             player_queue: 1024,
+            changes: Arc::default(),
         }
     }
 }
@@ -292,6 +350,7 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(8192);
+    let changes = settings.changes.clone();
     let engine = Engine {
         settings: Arc::new(settings),
         metrics,
@@ -302,7 +361,7 @@ pub fn spawn(
         draining: false,
     };
     let task = tokio::spawn(engine.run(rx, cancel));
-    (EngineHandle { tx }, task)
+    (EngineHandle { tx, changes }, task)
 }
 
 struct Engine {
@@ -453,6 +512,7 @@ impl Engine {
                 out.sort_by(|a, b| a.name.cmp(&b.name));
                 let _ = reply.send(out);
             }
+            Command::Remote(cmd) => self.handle_remote(cmd, now),
         }
     }
 

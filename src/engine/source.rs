@@ -14,8 +14,9 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-use super::feed::FeedSlot;
+use super::feed::{FeedSlot, Origin};
 use super::player::{Player, PlayerFormat, PlayerItem, Sent};
+use super::remote::LocalFeed;
 use super::view::{FeedView, ReprioritizeReport, SourceView, SwitchRecord};
 use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, SourceKey};
 use crate::domain::{FeedId, Priority, TokenId};
@@ -127,6 +128,7 @@ impl Source {
             FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes),
         );
         self.metrics.feeds.inc();
+        self.settings.changes.notify_one();
         let d = self
             .election
             .handle_input(now, Input::Joined { feed: id, priority });
@@ -134,11 +136,16 @@ impl Source {
     }
 
     pub fn feed_left(&mut self, now: Instant, feed: FeedId) {
-        if self.feeds.remove(&feed).is_none() {
+        let Some(slot) = self.feeds.remove(&feed) else {
             return;
+        };
+        if slot.is_remote() {
+            tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %feed, "remote feed left");
+        } else {
+            self.metrics.feeds.dec();
+            self.settings.changes.notify_one();
+            tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %feed, "feed left");
         }
-        self.metrics.feeds.dec();
-        tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %feed, "feed left");
         let d = self.election.handle_input(now, Input::Left { feed });
         self.apply(now, d);
         self.on_air_lost(now, feed);
@@ -211,7 +218,9 @@ impl Source {
             }
             FeedMedia::Frame(frame) => {
                 self.metrics.bytes_in.inc_by(frame.payload.len() as u64);
-                let became_healthy = slot.observe(now, &frame);
+                // A remote feed's eligibility comes from its node, not from
+                // the media of its mirror.
+                let became_healthy = slot.observe(now, &frame) && !slot.is_remote();
                 let cut_point = frame.track == Track::Video && frame.keyframe
                     || (frame.track == Track::Audio && !slot.has_video());
                 let switches_before = self.switches;
@@ -237,6 +246,7 @@ impl Source {
     }
 
     fn health_changed(&mut self, now: Instant, feed: FeedId, healthy: bool) {
+        self.settings.changes.notify_one();
         let d = self
             .election
             .handle_input(now, Input::Health { feed, healthy });
@@ -267,12 +277,26 @@ impl Source {
                             if planned { "true" } else { "false" },
                         ])
                         .inc();
-                    let has_cache = self
-                        .feeds
-                        .get(&to)
-                        .is_some_and(|f| f.gop.has_keyframe() || !f.has_video());
+                    // Something to cut to: a keyframe, or audio of an audio-only
+                    // feed (a remote feed without a mirror has neither).
+                    let has_cache = self.feeds.get(&to).is_some_and(|f| {
+                        f.gop.has_keyframe() || (!f.has_video() && !f.gop.is_empty())
+                    });
                     let current = self.on_air.as_ref().map(|o| o.feed);
-                    if planned
+                    if !has_cache && self.players.is_empty() {
+                        // Nobody watches here (typically: the new primary is
+                        // a feed of another node): the old feed goes off the
+                        // air now, so a feed waiting for that is released.
+                        self.off_air(now, from);
+                        self.pending = Some(Pending {
+                            to,
+                            from,
+                            deadline: None,
+                            planned,
+                            reason,
+                            decided: Utc::now(),
+                        });
+                    } else if planned
                         && current.is_some()
                         && current != Some(to)
                         && !self.cached_keyframe_fresh(to)
@@ -365,7 +389,15 @@ impl Source {
         };
         let frames: Vec<Frame> = slot.gop.frames().cloned().collect();
         let Some(first) = frames.first() else {
-            // Nothing to start from yet: wait for a keyframe.
+            // Nothing to start from yet: wait for a keyframe. A feed on air
+            // that is gone goes off the air now.
+            if self
+                .on_air
+                .as_ref()
+                .is_some_and(|o| !self.feeds.contains_key(&o.feed))
+            {
+                self.off_air(now, from);
+            }
             self.pending = Some(Pending {
                 to,
                 from,
@@ -639,6 +671,7 @@ impl Source {
                 .iter()
                 .filter(|(_, f)| {
                     f.healthy
+                        && !f.is_remote()
                         && f.last_media
                             .is_some_and(|t| now.duration_since(t) >= timeout)
                 })
@@ -654,6 +687,7 @@ impl Source {
             }
         }
         if self.election.poll_timeout().is_some_and(|t| t <= now) {
+            self.settings.changes.notify_one();
             let d = self.election.handle_timeout(now);
             self.apply(now, d);
         }
@@ -662,6 +696,11 @@ impl Source {
             if p.deadline.is_some_and(|d| d <= now) {
                 let p = self.pending.take().expect("checked");
                 tracing::warn!(stream = %self.key.stream, to = %p.to, "planned switch deadline passed; cutting at the cached keyframe");
+                if self.feeds.get(&p.to).is_some_and(|f| f.gop.is_empty()) {
+                    // Nothing to cut to yet (a remote feed whose mirror has
+                    // not delivered): the old feed goes now, players wait.
+                    self.off_air(now, p.from);
+                }
                 self.cut(now, p.to, p.from, false, p.reason, p.decided);
             }
         }
@@ -716,8 +755,14 @@ impl Source {
             }
             .into(),
             peer: slot.meta.peer.to_string(),
-            node: self.settings.node.clone(),
-            region: self.settings.region.clone(),
+            node: slot
+                .origin
+                .as_ref()
+                .map_or_else(|| self.settings.node.clone(), |o| o.node.clone()),
+            region: slot
+                .origin
+                .as_ref()
+                .map_or_else(|| self.settings.region.clone(), |o| o.region.clone()),
             connected_at: slot.connected_at,
             state: label.into(),
             eligible,
@@ -747,6 +792,7 @@ impl Source {
         SourceView {
             source_id: self.key.source.to_string(),
             primary: self.on_air.as_ref().map(|o| o.feed.0),
+            elected: self.election.primary().map(|f| f.0),
             state: if self.on_air.is_some() {
                 "on_air"
             } else if self.pending.is_some() {
@@ -762,10 +808,11 @@ impl Source {
         }
     }
 
+    /// The local feeds of a token (a remote feed is its own node's business).
     fn token_feeds(&self, token: TokenId) -> Vec<FeedId> {
         self.feeds
             .iter()
-            .filter(|(_, f)| f.meta.token_id == token)
+            .filter(|(_, f)| f.meta.token_id == token && !f.is_remote())
             .map(|(id, _)| *id)
             .collect()
     }
@@ -797,9 +844,11 @@ impl Source {
                         slot.disconnect("token reprioritized; reconnect to get the new priority");
                     }
                 }
+                self.settings.changes.notify_one();
                 let d = self.election.handle_input(now, Input::Drain { feed: id });
                 self.apply(now, d);
             } else {
+                self.settings.changes.notify_one();
                 if let Some(slot) = self.feeds.get_mut(&id) {
                     slot.meta.priority = Priority(priority);
                 }
@@ -836,11 +885,125 @@ impl Source {
     }
 
     pub fn kick(&mut self, now: Instant, feed: FeedId) -> Option<FeedView> {
+        if self.feeds.get(&feed).is_none_or(FeedSlot::is_remote) {
+            return None;
+        }
         let view = self.feed_view(now, feed)?;
         if let Some(slot) = self.feeds.get(&feed) {
             slot.disconnect("kicked by an operator");
         }
         self.feed_left(now, feed);
         Some(view)
+    }
+
+    /// Add or update a feed of another node (global election).
+    pub fn remote_upsert(&mut self, now: Instant, meta: FeedMeta, origin: Origin) {
+        let id = meta.id;
+        let priority = meta.priority;
+        let mut inputs = Vec::new();
+        match self.feeds.get_mut(&id) {
+            Some(slot) if !slot.is_remote() => return,
+            Some(slot) => {
+                let old = slot.origin.clone().expect("remote");
+                if slot.meta.priority != priority {
+                    inputs.push(Input::PriorityChanged { feed: id, priority });
+                }
+                slot.meta = meta;
+                if origin.draining && !old.draining {
+                    inputs.push(Input::Drain { feed: id });
+                }
+                if origin.eligible_since != old.eligible_since {
+                    inputs.push(Input::Remote {
+                        feed: id,
+                        since: origin.eligible_since,
+                    });
+                }
+                slot.origin = Some(origin);
+            }
+            None => {
+                tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %id,
+                    node = %origin.node, region = %origin.region, priority = ?priority.0, "remote feed joined");
+                // Nobody controls a remote feed from here: its control
+                // channel has no receiver.
+                let (control, _) = mpsc::channel(1);
+                let mut slot = FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes);
+                inputs.push(Input::Joined { feed: id, priority });
+                if origin.draining {
+                    inputs.push(Input::Drain { feed: id });
+                }
+                inputs.push(Input::Remote {
+                    feed: id,
+                    since: origin.eligible_since,
+                });
+                slot.origin = Some(origin);
+                self.feeds.insert(id, slot);
+            }
+        }
+        for input in inputs {
+            let d = self.election.handle_input(now, input);
+            self.apply(now, d);
+        }
+    }
+
+    /// The ids of this source's remote feeds.
+    pub fn remote_ids(&self) -> impl Iterator<Item = FeedId> + '_ {
+        self.feeds
+            .iter()
+            .filter(|(_, f)| f.is_remote())
+            .map(|(id, _)| *id)
+    }
+
+    /// What the registry publishes about this source's local feeds.
+    pub fn local_records(&self, out: &mut Vec<LocalFeed>) {
+        let states = self.election.feeds();
+        for st in &states {
+            let Some(slot) = self.feeds.get(&st.feed) else {
+                continue;
+            };
+            if slot.is_remote() {
+                continue;
+            }
+            out.push(LocalFeed {
+                key: self.key.clone(),
+                meta: slot.meta.clone(),
+                connected_at: slot.connected_at,
+                eligible_since: st.eligible_since,
+                healthy: st.healthy,
+                draining: st.draining,
+                on_air: self.on_air.as_ref().is_some_and(|o| o.feed == st.feed),
+            });
+        }
+    }
+
+    /// Remote feeds this node should mirror: the primary when it is remote
+    /// and someone watches here, and (`runner_up`) the best other remote feed.
+    pub fn wanted_mirrors(&self, runner_up: bool, out: &mut Vec<(SourceKey, FeedId, String)>) {
+        if self.players.is_empty() {
+            return;
+        }
+        let states = self.election.feeds();
+        let primary = self.election.primary();
+        // The feed still on air during a planned switch away from it.
+        if let Some(on) = self.on_air.as_ref().filter(|o| Some(o.feed) != primary) {
+            if let Some(o) = self.feeds.get(&on.feed).and_then(|f| f.origin.as_ref()) {
+                out.push((self.key.clone(), on.feed, o.node.clone()));
+            }
+        }
+        let mut taken = 0;
+        for st in states
+            .iter()
+            .filter(|s| s.eligible || Some(s.feed) == primary)
+        {
+            let is_primary = Some(st.feed) == primary;
+            if !is_primary && (!runner_up || taken >= 1) {
+                continue;
+            }
+            if !is_primary {
+                taken += 1;
+            }
+            if let Some(o) = self.feeds.get(&st.feed).and_then(|f| f.origin.as_ref()) {
+                out.push((self.key.clone(), st.feed, o.node.clone()));
+            }
+        }
     }
 }

@@ -52,6 +52,7 @@ fn settings() -> EngineSettings {
         vacant_hold: Duration::from_secs(5),
         gop_cache_max_bytes: 8 << 20,
         player_queue: 1024,
+        changes: Default::default(),
     }
 }
 

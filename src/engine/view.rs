@@ -79,7 +79,12 @@ pub struct SwitchRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SourceView {
     pub source_id: String,
+    /// The feed on air here (what players of this node receive).
     pub primary: Option<Uuid>,
+    /// The feed the (global) election picked. Differs from `primary` while
+    /// a planned switch waits for the new feed's keyframe, or while the
+    /// elected feed is on another node and not relayed here.
+    pub elected: Option<Uuid>,
     /// `on_air`, `switching` or `vacant`.
     pub state: String,
     pub players: usize,

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod gateway;
 pub mod media;
 pub mod process;

@@ -1,0 +1,210 @@
+//! `/api/v1/cluster/nodes` (which nodes are live) and the Director
+//! (`/api/v1/director/publish`: where an encoder may publish, StreamLink
+//! style, as a balance group of ordered groups by region).
+
+use actix_web::{web, HttpRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Auth, Read};
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::auth::publish::{AdmitError, Refusal};
+use crate::cluster::{NodeInfo, RedisState};
+use crate::domain::{SourceId, StreamName};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNodes {
+    /// This node's id.
+    pub node: String,
+    /// Redis state; absent on a node without `redis.url` (single node).
+    pub redis: Option<RedisState>,
+    /// Live nodes by region, then node id, this one included.
+    pub nodes: Vec<NodeInfo>,
+}
+
+fn membership(state: &AppState) -> Result<&crate::cluster::Membership, ApiError> {
+    state
+        .membership
+        .get()
+        .ok_or_else(|| ApiError::unavailable("not_ready", "the node is starting up"))
+}
+
+/// The live nodes of the cluster with region, addresses, lease age, feeds
+/// and players.
+#[utoipa::path(get, path = "/api/v1/cluster/nodes", tag = "cluster",
+    responses(
+        (status = 200, description = "Live nodes", body = ClusterNodes),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 503, description = "Starting up", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn nodes(
+    state: web::Data<AppState>,
+    _auth: Auth<Read>,
+) -> Result<web::Json<ClusterNodes>, ApiError> {
+    let m = membership(&state)?;
+    Ok(web::Json(ClusterNodes {
+        node: state.config.node_id.clone(),
+        redis: m.cluster.as_ref().map(|c| c.redis_state()),
+        nodes: m.nodes(&state.metrics, state.readiness.is_draining()),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DirectorQuery {
+    /// The stream to publish.
+    pub stream: String,
+    /// Source id (default: the default source).
+    #[serde(rename = "sourceId")]
+    pub source_id: Option<String>,
+    /// The caller's region: its nodes come first. Default: the configured
+    /// `cluster.preferred_region`, else this node's region.
+    pub region: Option<String>,
+}
+
+/// One ingest endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngestTarget {
+    pub node: String,
+    pub region: String,
+    /// Publish URL without the token: RTMP `rtmp://HOST:PORT/live/STREAM`
+    /// (append `?token=TOKEN`), SRT `srt://HOST:PORT` with the stream id in
+    /// `streamid` (add `,s=TOKEN`).
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DirectorAnswer {
+    pub stream: String,
+    /// The region whose nodes come first.
+    pub region: String,
+    /// A balance group of ordered groups, one group per region, the
+    /// preferred region first: try a group's targets in order, then the
+    /// next group.
+    pub rtmp: Vec<Vec<IngestTarget>>,
+    pub srt: Vec<Vec<IngestTarget>>,
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Where to publish a stream: ingest URLs of the live, non-draining nodes.
+/// Authenticated with the publish token (`Authorization: Bearer TOKEN`),
+/// which must allow the stream.
+#[utoipa::path(get, path = "/api/v1/director/publish", tag = "cluster",
+    params(DirectorQuery),
+    responses(
+        (status = 200, description = "Ingest URLs by region", body = DirectorAnswer),
+        (status = 400, description = "Malformed query (stream missing)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid publish token", body = ErrorBody),
+        (status = 403, description = "The token may not publish this stream", body = ErrorBody),
+        (status = 422, description = "Invalid stream name or source id", body = ErrorBody),
+        (status = 503, description = "Starting up or database unavailable", body = ErrorBody),
+    ),
+    security(("publish_token" = [])))]
+pub async fn director(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<DirectorQuery>,
+) -> Result<web::Json<DirectorAnswer>, ApiError> {
+    let q = query.into_inner();
+    let stream: StreamName = q
+        .stream
+        .parse()
+        .map_err(|e: crate::domain::NameError| ApiError::unprocessable(format!("stream: {e}")))?;
+    let source: SourceId = q
+        .source_id
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: crate::domain::NameError| ApiError::unprocessable(format!("sourceId: {e}")))?;
+    let secret = bearer(&req).ok_or_else(|| {
+        ApiError::unauthorized("a publish token is required (Authorization: Bearer TOKEN)")
+    })?;
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    match state
+        .admission
+        .check(secret, &stream, &source, ip, chrono::Utc::now())
+        .await
+    {
+        Ok(_) => {}
+        Err(AdmitError::Refused(r @ (Refusal::StreamNotAllowed | Refusal::IpNotAllowed))) => {
+            return Err(ApiError::forbidden(r.public_message()))
+        }
+        Err(AdmitError::Refused(r)) => return Err(ApiError::unauthorized(r.public_message())),
+        Err(AdmitError::Unavailable(_)) => {
+            return Err(ApiError::unavailable(
+                "database_unavailable",
+                "cannot check the token now; try again",
+            ))
+        }
+    }
+    let m = membership(&state)?;
+    let region = q
+        .region
+        .or_else(|| m.settings.preferred_region.clone())
+        .unwrap_or_else(|| m.settings.region.clone());
+    let mut nodes: Vec<NodeInfo> = m
+        .nodes(&state.metrics, state.readiness.is_draining())
+        .into_iter()
+        .filter(|n| !n.draining)
+        .collect();
+    // Preferred region first, then by region name; inside a region the
+    // least loaded node first.
+    nodes.sort_by(|a, b| {
+        (
+            a.region != region,
+            &a.region,
+            a.feeds as i64 + a.players,
+            &a.node,
+        )
+            .cmp(&(
+                b.region != region,
+                &b.region,
+                b.feeds as i64 + b.players,
+                &b.node,
+            ))
+    });
+    let srt_id = if source.is_default() {
+        format!("#!::r={stream},m=publish")
+    } else {
+        format!("#!::r={stream},m=publish,user_source={source}")
+    };
+    let rtmp_path = if source.is_default() {
+        stream.to_string()
+    } else {
+        format!("{stream}?sourceId={source}")
+    };
+    let group = |url: &dyn Fn(&NodeInfo) -> String| {
+        let mut groups: Vec<Vec<IngestTarget>> = Vec::new();
+        for n in &nodes {
+            let target = IngestTarget {
+                node: n.node.clone(),
+                region: n.region.clone(),
+                url: url(n),
+            };
+            match groups.last_mut() {
+                Some(g) if g[0].region == n.region => g.push(target),
+                _ => groups.push(vec![target]),
+            }
+        }
+        groups
+    };
+    Ok(web::Json(DirectorAnswer {
+        stream: stream.to_string(),
+        rtmp: group(&|n| format!("rtmp://{}/live/{rtmp_path}", n.rtmp)),
+        srt: group(&|n| format!("srt://{}?streamid={srt_id}", n.srt)),
+        region,
+    }))
+}

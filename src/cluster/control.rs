@@ -1,0 +1,89 @@
+//! Commands between nodes (control channel) and their answers.
+//!
+//! Every command is applied by the node that receives the API call first
+//! (so a node never needs Redis to act on its own feeds), then sent to the
+//! others; each answers on the sender's ack channel. The sender waits a
+//! bounded time and reports who did not answer.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{FeedId, SourceId, StreamName, TokenId};
+use crate::engine::{FeedView, ReprioritizeReport};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// The token was disabled or deleted: disconnect its feeds now.
+    DisconnectToken { token: TokenId, reason: String },
+    /// The token row changed: drop it from the admission cache.
+    TokenChanged { token: TokenId },
+    /// Reprioritize (the row is already updated): switch and disconnect the
+    /// token's non-pinned feeds, or re-elect in place.
+    Reprioritize {
+        token: TokenId,
+        priority: Option<i32>,
+        disconnect: bool,
+    },
+    /// Disconnect one feed (whichever node has it).
+    Kick { feed: FeedId },
+    /// Refuse a token on a source for `ban_seconds` (after a kick).
+    Ban {
+        token: TokenId,
+        stream: StreamName,
+        source_id: SourceId,
+        ban_seconds: u32,
+    },
+    /// Drain the named node: it stops taking new work and marks its lease.
+    Drain { node: String },
+}
+
+/// A command on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: Uuid,
+    pub from: String,
+    pub command: Command,
+}
+
+/// What a node did with a command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Feeds this node disconnected or re-elected (reprioritize, revoke, kick).
+    pub affected: Vec<FeedView>,
+    /// Pinned feeds a reprioritize left alone.
+    pub pinned: Vec<FeedView>,
+}
+
+impl From<ReprioritizeReport> for Outcome {
+    fn from(r: ReprioritizeReport) -> Self {
+        Self {
+            affected: r.affected,
+            pinned: r.pinned,
+        }
+    }
+}
+
+/// An answer on the sender's ack channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ack {
+    pub id: Uuid,
+    pub node: String,
+    pub region: String,
+    pub outcome: Outcome,
+}
+
+/// A node named in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeRef {
+    pub node: String,
+    pub region: String,
+}
+
+/// The answers to a broadcast command.
+#[derive(Debug, Clone, Default)]
+pub struct Gathered {
+    pub acks: Vec<Ack>,
+    /// Live nodes that did not answer within `cluster.ack_timeout_ms`.
+    pub missing: Vec<NodeRef>,
+}
