@@ -13,11 +13,17 @@ use serde_json::{json, Value};
 
 /// An ffprobe waiting for one RTMP publisher on `port`.
 fn listener(port: u16) -> Player {
-    let p = Player::start_with(
+    let mut p = Player::start_with(
         &format!("rtmp://127.0.0.1:{port}/live/out"),
         &["-listen", "1"],
     );
-    wait_bound(port, false, Duration::from_secs(20));
+    if !wait_bound(port, false, Duration::from_secs(20)) {
+        p.proc.kill();
+        panic!(
+            "ffprobe did not listen on port {port} within 20 s: {}",
+            p.proc.stderr_text()
+        );
+    }
     p
 }
 

@@ -364,31 +364,44 @@ pub fn publish_srt(f: Fixture, url: &str) -> Proc {
     publish_as(f, url, "mpegts")
 }
 
-/// A loopback port free right now (for a listener started by a child).
+/// A loopback port free right now, for a listener a child process will
+/// open. Chosen below the kernel's ephemeral range (32768+), so no
+/// outgoing connection of this or another test takes it meanwhile, and a
+/// client retrying against it cannot connect to itself.
+fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test processes start at different places to stay out of each
+    // other's way.
+    let start = (std::process::id() % 600) as u16 * 20;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + start.wrapping_add(n) % 12_000;
+        if bind(port) {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Wait until something listens on loopback TCP `port` (or has UDP `port`
 /// bound), without connecting to it (ffmpeg's `-listen 1` serves exactly
-/// one client). Reads `/proc/net/{tcp,udp}`; panics after `timeout`.
-pub fn wait_bound(port: u16, udp: bool, timeout: Duration) {
-    let (file, state) = if udp {
-        ("/proc/net/udp", None)
+/// one client). Reads `/proc/net/{tcp,udp}`; false after `timeout`.
+pub fn wait_bound(port: u16, udp: bool, timeout: Duration) -> bool {
+    // TCP: listening (0A), or already serving its client (01: a client
+    // that connects at once can be accepted between two looks).
+    let (file, states): (&str, &[&str]) = if udp {
+        ("/proc/net/udp", &[])
     } else {
-        ("/proc/net/tcp", Some("0A"))
+        ("/proc/net/tcp", &["0A", "01"])
     };
     let want = format!(":{port:04X}");
     let end = Instant::now() + timeout;
@@ -396,15 +409,16 @@ pub fn wait_bound(port: u16, udp: bool, timeout: Duration) {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         let found = text.lines().skip(1).any(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[1].ends_with(&want) && state.is_none_or(|s| cols[3] == s)
+            cols.len() > 3
+                && cols[1].ends_with(&want)
+                && (states.is_empty() || states.contains(&cols[3]))
         });
         if found {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < end,
-            "nothing bound port {port} within {timeout:?}"
-        );
+        if Instant::now() > end {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -422,16 +436,22 @@ pub fn ffmpeg_source(f: Fixture, format: &str, listen_url: &str) -> Proc {
     cmd.arg(listen_url)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    let p = spawn_logged(&mut cmd, "ffmpeg listening source");
+    let mut p = spawn_logged(&mut cmd, "ffmpeg listening source");
     let port = listen_url
         .rsplit_once(':')
         .and_then(|(_, rest)| rest.split(['/', '?']).next())
         .and_then(|p| p.parse::<u16>().ok())
         .expect("a port in the listen URL");
-    wait_bound(
+    if !wait_bound(
         port,
         listen_url.starts_with("srt://"),
         Duration::from_secs(20),
-    );
+    ) {
+        p.kill();
+        panic!(
+            "ffmpeg did not listen on port {port} within 20 s: {}",
+            p.stderr_text()
+        );
+    }
     p
 }
