@@ -14,6 +14,7 @@ use common::media::{
 };
 use common::process::{GatewayProcess, Ports};
 use common::TestDb;
+use diesel::{Connection, RunQueryDsl};
 use primacy::auth::api_keys::Scope;
 
 /// Every start-up step is logged, in order, with its duration.
@@ -384,4 +385,50 @@ fn a_signal_while_waiting_for_the_database_exits_cleanly() {
     let log = g.log();
     assert!(log.contains("shutdown requested during start-up"), "{log}");
     assert!(!log.contains("start-up 1/7 database:"), "{log}");
+}
+
+#[test]
+fn start_up_waits_for_the_database_then_migrates_and_becomes_ready() {
+    // A database that does not exist yet: step 1 retries with backoff.
+    let name = format!("primacy_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = common::admin_url();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    let db = TestDb {
+        url: format!("{base}/{name}"),
+        name,
+    };
+    let mut g = GatewayProcess::spawn(
+        &db,
+        Ports::free(),
+        &[("PRIMACY_DATABASE__MIGRATE_ON_START", "true")],
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while g.log().matches("database not reachable yet").count() < 2 {
+        assert!(Instant::now() < end, "no retries logged:\n{}", g.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(g.ready_status(), None, "nothing is served before step 4");
+    let mut conn = diesel::PgConnection::establish(&admin).expect("connect");
+    diesel::sql_query(format!("CREATE DATABASE {} TEMPLATE template0", db.name))
+        .execute(&mut conn)
+        .expect("create database");
+    let since = Instant::now();
+    g.wait_ready(Duration::from_secs(30));
+    println!(
+        "ready {:.1} ms after the database appeared",
+        since.elapsed().as_secs_f64() * 1e3
+    );
+    let log = g.log();
+    assert_steps_logged(&log);
+    let migrated = log
+        .lines()
+        .find(|l| l.contains("start-up 2/7 migrations:"))
+        .expect("migrations step");
+    assert!(
+        !migrated.contains("skipped") && !migrated.contains(": 0 applied"),
+        "the new database must have been migrated: {migrated}"
+    );
+    let key = db.api_key(&[Scope::Admin]);
+    let (st, v) = g.http.call("GET", "/api/v1/tokens", Some(&key), None);
+    assert_eq!(st, 200, "{v}");
 }
