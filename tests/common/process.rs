@@ -1,19 +1,19 @@
 //! The real `primacy serve` binary as a child process, for what an
 //! in-process server cannot show: SIGKILL and restart, signals, exit codes.
 //!
-//! Each process gets its own [`TestDb`] and loopback ports chosen by the OS
+//! Each process gets its own [`TestDb`] and free loopback ports
 //! ([`Ports::free`]); a restart reuses the same ports and database. The
 //! process is killed (by its PID) when the handle drops.
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::media::{spawn_logged, Proc};
+use super::media::{free_tcp_port, free_udp_port, spawn_logged, Proc};
 use super::{Http, TestDb, HS256};
 
 /// HTTP, RTMP and SRT ports on 127.0.0.1, each free when chosen.
@@ -25,22 +25,13 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Ask the OS for three free ports (bound to port 0, then released).
+    /// Three ports free right now, below the ephemeral range so that no
+    /// outgoing connection takes one before (or between) the gateway's runs.
     pub fn free() -> Self {
-        let tcp = || {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free TCP port")
-                .port()
-        };
-        let srt = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free UDP port")
-            .port();
         Self {
-            http: tcp(),
-            rtmp: tcp(),
-            srt,
+            http: free_tcp_port(),
+            rtmp: free_tcp_port(),
+            srt: free_udp_port(),
         }
     }
 }
