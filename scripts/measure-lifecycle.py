@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Start-to-ready after a crash, and drain times with many RTMP players.
 
-1. Restart: a database seeded with --tokens publish tokens (one INSERT ...
-   SELECT generate_series into the real publish_tokens table). `primacy
+1. Restart: a database seeded with --tokens publish tokens, then also
+   --definitions persistent pull inputs and as many push outputs (one INSERT
+   ... SELECT generate_series per table, into the real tables). `primacy
    serve` (release) is spawned, /api/ready polled every 2 ms, then the
-   process is SIGKILLed; --rounds times. Reports spawn-to-ready (wall, as a
-   supervisor sees it) and the gateway's own "ready in" figure (from start-up
-   step 1 to step 7), and checks the API lists every token afterwards.
+   process is SIGKILLed; --rounds times per data set. Reports spawn-to-ready
+   (wall, as a supervisor sees it) and the gateway's own "ready in" figure
+   (start-up step 1 to step 7), and checks the API lists every token and
+   that a seeded token is admitted. The pull inputs point at a loopback
+   port where nothing listens and retry every 60 s, the outputs at vacant
+   sources: start-up does not wait for remote sources.
 2. Drain, players stay: one ffmpeg publisher (-re -c copy, 640x360 30 fps,
    ~0.7 Mbit/s) and --players RTMP players (a minimal RTMP client in this
    script, one thread per player, counting bytes; ffprobe is too heavy for
@@ -38,6 +42,7 @@ import urllib.request
 import uuid
 
 SECRET = "lifecycle-secret-0123456789abcdef0123"
+NODE = "measure-node"
 
 
 def free_port(kind=socket.SOCK_STREAM):
@@ -200,10 +205,10 @@ def ms(seconds):
 
 # ------------------------------------------------------------------ phases
 
-def restart_rounds(args, env, http, work):
+def restart_rounds(args, env, http, work, label):
     spawn_to_ready, internal = [], []
     for i in range(args.rounds):
-        gw = Gateway(args.binary, env, os.path.join(work, f"restart{i}.log"))
+        gw = Gateway(args.binary, env, os.path.join(work, f"restart-{label}-{i}.log"))
         wait_for(lambda: ready_status(http) == 200 or gw.proc.poll() is not None, 30, "ready")
         if gw.proc.poll() is not None:
             raise SystemExit(gw.text())
@@ -270,6 +275,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release/primacy"))
     ap.add_argument("--tokens", type=int, default=10_000)
+    ap.add_argument("--definitions", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--players", type=int, default=100)
     ap.add_argument("--max-wait-ms", type=int, default=5000)
@@ -286,13 +292,13 @@ def main():
         http, rtmp, srt = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
         env = dict(os.environ, PRIMACY_DATABASE_URL=db_url, PRIMACY_HTTP_LISTEN=f"127.0.0.1:{http}",
                    PRIMACY_RTMP_LISTEN=f"127.0.0.1:{rtmp}", PRIMACY_SRT_LISTEN=f"127.0.0.1:{srt}",
-                   PRIMACY_HS256_SECRET=SECRET, PRIMACY_LOG="info,actix_web::middleware::logger=warn", NO_COLOR="1")
+                   PRIMACY_HS256_SECRET=SECRET, PRIMACY_NODE_ID=NODE, PRIMACY_LOG="info,actix_web::middleware::logger=warn", NO_COLOR="1")
         subprocess.run([args.binary, "migrate"], env=env, check=True, capture_output=True)
         key = json.loads(subprocess.run([args.binary, "api-keys", "create", "--name", "measure", "--scope", "admin",
                                          "--json"], env=env, check=True, capture_output=True, text=True).stdout)
         key = key["secret"]
 
-        empty, empty_internal = restart_rounds(args, env, http, work)
+        empty, empty_internal = restart_rounds(args, env, http, work, "empty")
         t = time.monotonic()
         subprocess.run(["psql", db_url, "-qc",
                         "INSERT INTO publish_tokens (id, label, priority, streams, secret_id) "
@@ -300,7 +306,27 @@ def main():
                         "jsonb_build_array(jsonb_build_object('name', 'seed' || g, 'is_regex', false)), "
                         f"gen_random_uuid() FROM generate_series(1, {args.tokens}) g"], check=True)
         seeded = time.monotonic() - t
-        full, full_internal = restart_rounds(args, env, http, work)
+        full, full_internal = restart_rounds(args, env, http, work, "tokens")
+        dead = free_port()
+        t = time.monotonic()
+        subprocess.run(["psql", db_url, "-qc",
+                        "INSERT INTO pull_inputs (id, node_id, stream, urls, priority, persistent, retry_count, "
+                        "no_input_timeout_ms, reconnect_delay_ms) "
+                        f"SELECT gen_random_uuid(), '{NODE}', 'pull' || g, "
+                        f"ARRAY['rtmp://127.0.0.1:{dead}/live/p' || g], 10, true, NULL, 5000, 60000 "
+                        f"FROM generate_series(1, {args.definitions}) g"], check=True)
+        subprocess.run(["psql", db_url, "-qc",
+                        "INSERT INTO push_outputs (id, node_id, stream, targets, enabled, reconnect_delay_ms) "
+                        f"SELECT gen_random_uuid(), '{NODE}', 'out' || g, "
+                        f"jsonb_build_array(jsonb_build_array('rtmp://127.0.0.1:{dead}/live/o' || g)), true, 60000 "
+                        f"FROM generate_series(1, {args.definitions}) g"], check=True)
+        seeded_defs = time.monotonic() - t
+        defs, defs_internal = restart_rounds(args, env, http, work, "definitions")
+        with open(os.path.join(work, "restart-definitions-0.log"), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        m = re.search(r"start-up 3/7 load definitions: (.*?) step=", text)
+        steps = {name: float(t) for name, t in
+                 re.findall(r'step="([^"]+)" elapsed_ms=([0-9.]+)', text)}
 
         def summary(values):
             return {"p50_ms": ms(statistics.median(values)), "max_ms": ms(max(values)), "n": len(values)}
@@ -308,6 +334,10 @@ def main():
         result["restart_no_tokens"] = {"spawn_to_ready": summary(empty), "gateway_ready_in": summary(empty_internal)}
         result[f"restart_{args.tokens}_tokens"] = {"seed_ms": ms(seeded), "spawn_to_ready": summary(full),
                                                    "gateway_ready_in": summary(full_internal)}
+        result[f"restart_{args.tokens}_tokens_{args.definitions}_pulls_{args.definitions}_outputs"] = {
+            "seed_ms": ms(seeded_defs), "spawn_to_ready": summary(defs), "gateway_ready_in": summary(defs_internal),
+            "load_definitions_step": m.group(1) if m else None, "steps_ms_first_round": steps}
+        subprocess.run(["psql", db_url, "-qc", "DELETE FROM pull_inputs; DELETE FROM push_outputs"], check=True)
 
         # Tokens are there after the restarts; one is used for the drain runs.
         gw = Gateway(args.binary, env, os.path.join(work, "check.log"))
