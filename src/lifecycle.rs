@@ -297,6 +297,11 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             config.rtmp.max_connections,
             config.rtmp.max_connections_per_ip,
         ),
+        cluster_secret: config
+            .cluster
+            .secret
+            .as_ref()
+            .map(|s| cluster::credential::ClusterSecret::new(s.expose().as_bytes())),
     });
     let rtmp_addr = bind_rtmp(&config, &ctx, &stop, &sessions).await?;
     let srt_addr = bind_srt(&config, ctx, &stop, &sessions).await?;

@@ -195,8 +195,9 @@ fn cross_node_kick_with_ban() {
     assert_eq!(st, 404);
 }
 
-/// SIGKILL the eu gateway (a child process): within the lease TTL the
-/// others drop its feeds and fail over to us.
+/// SIGKILL the eu gateway (a child process): the ap player, relayed from
+/// eu, continues on us at once (its relay broke); within the lease TTL the
+/// others drop eu's feeds and agree on us.
 #[test]
 fn killed_node_feeds_leave_within_the_lease_ttl() {
     let tc = TestCluster::new(&shared_redis_url());
@@ -212,8 +213,17 @@ fn killed_node_feeds_leave_within_the_lease_ttl() {
         Duration::from_secs(20),
         || agree_on(&[&eu, &us, &ap], STREAM, "eu-1").is_some(),
     );
+    let player = Player::start(&ap.rtmp(STREAM));
+    wait_fixture(&player, 0, true, "the ap player gets the eu feed (A)");
+    let from = player.count();
     let killed = Instant::now();
     eu.kill();
+    wait_fixture(&player, from, false, "the ap player continues on us (B)");
+    println!(
+        "ap player on us {:?} after SIGKILL of eu; largest gap {:?}",
+        killed.elapsed(),
+        largest_gap_since(&player, from.saturating_sub(1))
+    );
     wait_until(
         "us and ap drop eu's feed and elect us",
         Duration::from_secs(10),
@@ -425,14 +435,32 @@ fn director_orders_regions_and_lists_only_live_nodes() {
             .0,
         401
     );
-    // A draining node is not offered; a stopped one is gone.
-    eu2.running
-        .as_ref()
-        .unwrap()
-        .cluster
-        .as_ref()
-        .unwrap()
-        .set_draining();
+    // A node drained through another node's API is not offered; a stopped
+    // one is gone.
+    let (st, v) = ap.call(
+        "POST",
+        "/api/v1/cluster/nodes/eu-2/drain",
+        Some(&tc.key),
+        None,
+    );
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["answered"], true, "{v}");
+    assert_eq!(v["region"], "eu", "{v}");
+    assert_eq!(eu2.call("GET", "/api/ready", None, None).0, 503);
+    let (st, _) = ap.call(
+        "POST",
+        "/api/v1/cluster/nodes/ap-1/drain",
+        Some(&tc.key),
+        None,
+    );
+    assert_eq!(st, 409);
+    let (st, _) = ap.call(
+        "POST",
+        "/api/v1/cluster/nodes/nope/drain",
+        Some(&tc.key),
+        None,
+    );
+    assert_eq!(st, 404);
     us.shutdown();
     wait_until(
         "only live non-draining nodes",
@@ -454,4 +482,312 @@ fn director_orders_regions_and_lists_only_live_nodes() {
         },
     );
     let _ = eu;
+}
+
+/// Keyframe spacing (s) of what a player received after packet `from`.
+fn spacing_since(p: &Player, from: usize) -> Option<f64> {
+    let snap = p.snapshot();
+    media::keyframe_spacing(&snap[from.min(snap.len())..])
+}
+
+/// Wait until the player receives fixture A (1 s GOP, `a == true`) or B
+/// (0.5 s GOP) from packet `from` on.
+fn wait_fixture(p: &Player, from: usize, a: bool, what: &str) {
+    wait_until(what, Duration::from_secs(20), || {
+        let n = p.count();
+        n > from + 100
+            && spacing_since(p, n.saturating_sub(100).max(from)).is_some_and(|s| {
+                if a {
+                    s > 0.8
+                } else {
+                    s < 0.7
+                }
+            })
+    });
+}
+
+/// The largest wall-clock gap between packets received after `from`.
+fn largest_gap_since(p: &Player, from: usize) -> Duration {
+    let snap = p.snapshot();
+    media::check_monotonic(&snap[from.min(snap.len())..]).0
+}
+
+/// A player at ap watches a stream published at eu (100) and us (50): it
+/// gets the eu feed through the node-to-node relay; the eu encoder dies →
+/// it continues on the us feed with monotonic timestamps; the eu encoder
+/// returns → failback after the hold; reprioritizing the eu token to 10
+/// through ap → it ends on us.
+fn player_on_another_node(prefetch: bool) {
+    let tc = TestCluster::new(&shared_redis_url());
+    let tweak = |c: &mut primacy::config::Config| c.cluster.prefetch_runner_up = prefetch;
+    let eu = tc.node_with("eu-1", "eu", tweak);
+    let us = tc.node_with("us-1", "us", tweak);
+    let ap = tc.node_with("ap-1", "ap", tweak);
+    let all = [&eu, &us, &ap];
+    let (eu_token, eu_secret) = tc.token(&ap, &[STREAM], 100);
+    let (_, us_secret) = tc.token(&ap, &[STREAM], 50);
+    let mut eu_enc = media::publish(Fixture::A, &eu.rtmp(&format!("{STREAM}?token={eu_secret}")));
+    let _us_enc = media::publish(Fixture::B, &us.rtmp(&format!("{STREAM}?token={us_secret}")));
+    wait_until(
+        "all nodes elect the eu feed",
+        Duration::from_secs(20),
+        || agree_on(&all, STREAM, "eu-1").is_some(),
+    );
+
+    let player = Player::start(&ap.rtmp(STREAM));
+    wait_fixture(&player, 0, true, "the ap player gets the eu feed (A)");
+    let src = ap.source(STREAM);
+    let on_air = src["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["primary"] == true)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(on_air["node"], "eu-1", "{src}");
+    assert_eq!(on_air["relay"], "live", "{src}");
+
+    // The eu encoder dies: the player continues on us.
+    let from = player.count();
+    eu_enc.kill();
+    wait_fixture(&player, from, false, "the ap player continues on us (B)");
+    let gap = largest_gap_since(&player, from.saturating_sub(1));
+    let sw = ap.source(STREAM)["last_switch"].clone();
+    println!(
+        "prefetch_runner_up={prefetch}: cross-node failover, largest player gap {gap:?}, switch {sw}"
+    );
+
+    // It returns: failback to eu after the hold.
+    let from = player.count();
+    let mut eu_enc = media::publish(Fixture::A, &eu.rtmp(&format!("{STREAM}?token={eu_secret}")));
+    wait_fixture(&player, from, true, "the ap player fails back to eu (A)");
+    let gap = largest_gap_since(&player, from.saturating_sub(1));
+    println!("prefetch_runner_up={prefetch}: failback (planned), largest player gap {gap:?}");
+
+    // Reprioritize the eu token to 10 through ap: the player ends on us.
+    let from = player.count();
+    let (st, v) = ap.call(
+        "POST",
+        &format!("/api/v1/tokens/{eu_token}/reprioritize"),
+        Some(&tc.key),
+        Some(&json!({"priority": 10, "disconnect": true}).to_string()),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["affected"][0]["node"], "eu-1", "{v}");
+    assert_eq!(v["affected"][0]["region"], "eu", "{v}");
+    assert!(
+        eu_enc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "eu encoder not disconnected"
+    );
+    wait_fixture(&player, from, false, "the ap player ends on us (B)");
+    let gap = largest_gap_since(&player, from.saturating_sub(1));
+    println!("prefetch_runner_up={prefetch}: reprioritize (planned), largest player gap {gap:?}");
+    // Timestamps never went backwards over the whole run.
+    media::check_monotonic(&player.snapshot());
+}
+
+#[test]
+fn player_on_another_node_follows_the_global_election() {
+    player_on_another_node(false);
+}
+
+#[test]
+fn player_on_another_node_with_prefetched_runner_up() {
+    player_on_another_node(true);
+}
+
+/// Milliseconds between `t0` and an RFC 3339 instant from the API.
+fn ms_after(t0: chrono::DateTime<chrono::Utc>, at: &serde_json::Value) -> f64 {
+    let at: chrono::DateTime<chrono::Utc> = at.as_str().unwrap().parse().unwrap();
+    (at - t0).num_microseconds().unwrap() as f64 / 1000.0
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Numbers for docs/benchmarks.md (not a pass/fail test): reprioritize
+/// through ap of the eu token (on air, relayed to ap's player) → the switch
+/// decided and on air at ap; 10 rounds.
+#[test]
+#[ignore]
+fn bench_cross_node_reprioritize_to_switch() {
+    let tc = TestCluster::new(&shared_redis_url());
+    let tweak = |c: &mut primacy::config::Config| c.cluster.prefetch_runner_up = true;
+    let eu = tc.node_with("eu-1", "eu", tweak);
+    let us = tc.node_with("us-1", "us", tweak);
+    let ap = tc.node_with("ap-1", "ap", tweak);
+    let (eu_token, eu_secret) = tc.token(&ap, &[STREAM], 100);
+    let (_, us_secret) = tc.token(&ap, &[STREAM], 50);
+    let _us_enc = media::publish(Fixture::B, &us.rtmp(&format!("{STREAM}?token={us_secret}")));
+    let player = Player::start(&ap.rtmp(STREAM));
+    let (mut decided, mut on_air, mut answered) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..10 {
+        let body = json!({"priority": 100}).to_string();
+        let (st, _) = ap.call(
+            "PATCH",
+            &format!("/api/v1/tokens/{eu_token}"),
+            Some(&tc.key),
+            Some(&body),
+        );
+        assert_eq!(st, 200);
+        let mut enc = media::publish(Fixture::A, &eu.rtmp(&format!("{STREAM}?token={eu_secret}")));
+        wait_until("eu on air at ap", Duration::from_secs(20), || {
+            agree_on(&[&eu, &us, &ap], STREAM, "eu-1").is_some()
+                && ap.source(STREAM)["state"] == "on_air"
+                && ap.source(STREAM)["last_switch"]["to"] == ap.source(STREAM)["elected"]
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let body = json!({"priority": 10, "disconnect": true}).to_string();
+        let t0 = chrono::Utc::now();
+        let called = Instant::now();
+        let (st, v) = ap.call(
+            "POST",
+            &format!("/api/v1/tokens/{eu_token}/reprioritize"),
+            Some(&tc.key),
+            Some(&body),
+        );
+        answered.push(called.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(st, 200, "{v}");
+        wait_until("ap switched to us", Duration::from_secs(10), || {
+            let s = ap.source(STREAM);
+            s["last_switch"]["to"] == s["elected"]
+                && agree_on(&[&ap], STREAM, "us-1").is_some()
+                && s["state"] == "on_air"
+        });
+        let sw = ap.source(STREAM)["last_switch"].clone();
+        decided.push(ms_after(t0, &sw["decided_at"]));
+        on_air.push(ms_after(t0, &sw["at"]));
+        assert!(enc.wait_timeout(Duration::from_secs(10)).is_some());
+        println!(
+            "round {round}: decided {:.1} ms, on air {:.1} ms",
+            decided[round], on_air[round]
+        );
+    }
+    media::check_monotonic(&player.snapshot());
+    println!(
+        "reprioritize via ap (cross-node): API answered p50 {:.1} / p99 {:.1} ms; switch decided at ap p50 {:.1} / p99 {:.1} ms; new primary on air at ap p50 {:.1} / p99 {:.1} ms",
+        percentile(&mut answered.clone(), 0.5),
+        percentile(&mut answered, 0.99),
+        percentile(&mut decided.clone(), 0.5),
+        percentile(&mut decided, 0.99),
+        percentile(&mut on_air.clone(), 0.5),
+        percentile(&mut on_air, 0.99)
+    );
+}
+
+/// Numbers for docs/benchmarks.md: cross-node failover at ap's player when
+/// the eu encoder dies (engine gap of each switch), with and without
+/// `prefetch_runner_up`; 8 kills each.
+#[test]
+#[ignore]
+fn bench_cross_node_failover_gap() {
+    for prefetch in [false, true] {
+        let tc = TestCluster::new(&shared_redis_url());
+        let tweak = |c: &mut primacy::config::Config| c.cluster.prefetch_runner_up = prefetch;
+        let eu = tc.node_with("eu-1", "eu", tweak);
+        let us = tc.node_with("us-1", "us", tweak);
+        let ap = tc.node_with("ap-1", "ap", tweak);
+        let (_, eu_secret) = tc.token(&ap, &[STREAM], 100);
+        let (_, us_secret) = tc.token(&ap, &[STREAM], 50);
+        let _us_enc = media::publish(Fixture::B, &us.rtmp(&format!("{STREAM}?token={us_secret}")));
+        let player = Player::start(&ap.rtmp(STREAM));
+        let (mut gaps, mut player_gaps) = (Vec::new(), Vec::new());
+        for _ in 0..8 {
+            let mut enc =
+                media::publish(Fixture::A, &eu.rtmp(&format!("{STREAM}?token={eu_secret}")));
+            wait_until("eu on air at ap", Duration::from_secs(20), || {
+                let s = ap.source(STREAM);
+                agree_on(&[&ap], STREAM, "eu-1").is_some() && s["last_switch"]["to"] == s["elected"]
+            });
+            std::thread::sleep(Duration::from_millis(1_500));
+            let from = player.count();
+            enc.kill();
+            wait_until("ap on us", Duration::from_secs(10), || {
+                let s = ap.source(STREAM);
+                agree_on(&[&ap], STREAM, "us-1").is_some() && s["last_switch"]["to"] == s["elected"]
+            });
+            std::thread::sleep(Duration::from_millis(1_000));
+            gaps.push(ap.source(STREAM)["last_switch"]["gap_ms"].as_f64().unwrap());
+            player_gaps
+                .push(largest_gap_since(&player, from.saturating_sub(1)).as_secs_f64() * 1000.0);
+        }
+        media::check_monotonic(&player.snapshot());
+        println!(
+            "prefetch_runner_up={prefetch}: cross-node failover gap (engine) p50 {:.1} / max {:.1} ms; largest player inter-arrival gap p50 {:.1} / max {:.1} ms ({} kills)",
+            percentile(&mut gaps.clone(), 0.5),
+            percentile(&mut gaps.clone(), 1.0),
+            percentile(&mut player_gaps.clone(), 0.5),
+            percentile(&mut player_gaps.clone(), 1.0),
+            gaps.len()
+        );
+    }
+}
+
+/// Numbers for docs/benchmarks.md: Redis commands per second per node at
+/// rest, with 1,000 feeds registered (engine-level publishes without media:
+/// at rest nothing changes) on a private redis-server, 3 nodes, 20 s.
+#[test]
+#[ignore]
+fn bench_redis_commands_at_rest() {
+    use primacy::domain::{FeedId, Priority, TokenId};
+    use primacy::engine::{FeedMeta, Protocol, SourceKey};
+    let redis = PrivateRedis::start();
+    let tc = TestCluster::new(&redis.url());
+    let eu = tc.node("eu-1", "eu");
+    let _us = tc.node("us-1", "us");
+    let _ap = tc.node("ap-1", "ap");
+    let running = eu.running.as_ref().unwrap();
+    let engine = running.engine.clone();
+    let handles: Vec<_> = eu.block_on(async move {
+        let mut v = Vec::new();
+        for i in 0..1000 {
+            let key = SourceKey {
+                stream: format!("s{i}").parse().unwrap(),
+                source: Default::default(),
+            };
+            let meta = FeedMeta {
+                id: FeedId::new_random(),
+                token_id: TokenId::new_random(),
+                label: "bench".into(),
+                priority: Priority(Some(100)),
+                pinned: false,
+                protocol: Protocol::Rtmp,
+                peer: "127.0.0.1:1".parse().unwrap(),
+            };
+            v.push(engine.publish(key, meta).await.unwrap().unwrap());
+        }
+        v
+    });
+    wait_until(
+        "the others see 1000 remote feeds",
+        Duration::from_secs(20),
+        || {
+            let m = _ap.http.get_text("/metrics").1;
+            m.lines().any(|l| l == "primacy_cluster_remote_feeds 1000")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let total = |r: &PrivateRedis| r.command_calls().iter().map(|(_, n)| n).sum::<u64>();
+    let before = redis.command_calls();
+    let t0 = total(&redis);
+    let secs = 20;
+    std::thread::sleep(Duration::from_secs(secs));
+    let t1 = total(&redis);
+    let after = redis.command_calls();
+    let per_node = (t1 - t0) as f64 / 3.0 / secs as f64;
+    let mut by_cmd: Vec<(String, u64)> = after
+        .iter()
+        .map(|(c, n)| {
+            (
+                c.clone(),
+                n - before.iter().find(|(b, _)| b == c).map_or(0, |(_, m)| *m),
+            )
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    by_cmd.sort_by_key(|c| std::cmp::Reverse(c.1));
+    println!("redis commands at rest, 3 nodes, 1000 feeds on one: {per_node:.1} per node per second over {secs} s; by command: {by_cmd:?}");
+    drop(handles);
 }

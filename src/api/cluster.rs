@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Auth, Read};
+use super::auth::{Admin, Auth, Read};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::auth::publish::{AdmitError, Refusal};
@@ -206,5 +206,78 @@ pub async fn director(
         rtmp: group(&|n| format!("rtmp://{}/live/{rtmp_path}", n.rtmp)),
         srt: group(&|n| format!("srt://{}?streamid={srt_id}", n.srt)),
         region,
+    }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RemoteDrain {
+    pub node: String,
+    pub region: String,
+    /// Whether the node acknowledged within `cluster.ack_timeout_ms`.
+    pub answered: bool,
+}
+
+/// Drain another node of the cluster through the control channel (it then
+/// drains as on SIGTERM: not ready, new sessions refused, lease marked
+/// draining, the Director stops offering it). Audited before it is sent.
+/// This node drains with `POST /api/v1/node/drain`.
+#[utoipa::path(post, path = "/api/v1/cluster/nodes/{node}/drain", tag = "cluster",
+    params(("node" = String, Path, description = "Node id")),
+    responses(
+        (status = 202, description = "Sent; whether the node answered", body = RemoteDrain),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "The API key lacks the admin scope", body = ErrorBody),
+        (status = 404, description = "No such live node", body = ErrorBody),
+        (status = 409, description = "That is this node: use POST /api/v1/node/drain", body = ErrorBody),
+        (status = 503, description = "Not in a cluster, starting up, or database unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn drain_node(
+    state: web::Data<AppState>,
+    auth: Auth<Admin>,
+    node: web::Path<String>,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let node = node.into_inner();
+    let m = membership(&state)?;
+    let Some(cluster) = &m.cluster else {
+        return Err(ApiError::unavailable(
+            "no_cluster",
+            "this node is not in a cluster (no redis.url)",
+        ));
+    };
+    if node == cluster.node() {
+        return Err(ApiError::conflict(
+            "that is this node: use POST /api/v1/node/drain",
+        ));
+    }
+    let Some(target) = cluster.nodes().into_iter().find(|n| n.node == node) else {
+        return Err(ApiError::not_found("live node"));
+    };
+    let actor = auth.actor();
+    let audit_target = format!("node:{node}");
+    state
+        .db
+        .run(move |c| {
+            crate::store::audit::record(
+                c,
+                crate::store::audit::NewAudit {
+                    actor: &actor,
+                    action: "node.drain",
+                    target: &audit_target,
+                    before: Some(serde_json::json!({ "draining": target.draining })),
+                    after: Some(serde_json::json!({ "draining": true })),
+                },
+            )
+        })
+        .await?;
+    let g = cluster
+        .broadcast(crate::cluster::Command::Drain { node: node.clone() })
+        .await;
+    let answered = g.acks.iter().any(|a| a.node == node);
+    tracing::info!(node = %node, answered, caller = %auth.actor(), "drain of another node requested");
+    Ok(actix_web::HttpResponse::Accepted().json(RemoteDrain {
+        node,
+        region: target.region,
+        answered,
     }))
 }

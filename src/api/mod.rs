@@ -213,6 +213,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/outputs/{id}", web::patch().to(outputs::patch))
             .route("/outputs/{id}", web::delete().to(outputs::delete))
             .route("/cluster/nodes", web::get().to(cluster::nodes))
+            .route(
+                "/cluster/nodes/{node}/drain",
+                web::post().to(cluster::drain_node),
+            )
             .route("/director/publish", web::get().to(cluster::director)),
     )
     .default_service(web::to(not_found));

@@ -47,6 +47,7 @@ use super::{api_keys, audit, cluster, feeds, health, node, outputs, pull_inputs,
         outputs::delete,
         cluster::nodes,
         cluster::director,
+        cluster::drain_node,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -21,6 +21,7 @@
 pub mod control;
 pub mod credential;
 pub mod registry;
+mod relay;
 mod run;
 
 use std::collections::{BTreeMap, HashMap};
@@ -246,6 +247,7 @@ impl Cluster {
             prefix = %config.redis.key_prefix, "joining the cluster");
         tokio::spawn(run::main_loop(inner.clone(), inner.stop.clone()));
         tokio::spawn(run::pubsub_loop(inner.clone(), inner.stop.clone()));
+        tokio::spawn(relay::relay_loop(inner.clone(), inner.stop.clone()));
         Ok(Some(Self { inner }))
     }
 

@@ -38,9 +38,11 @@ const REWRITE_EVERY: u64 = 5;
 const RETRY: Duration = Duration::from_millis(200);
 /// How often peers' heartbeats are checked against the lease TTL.
 const EXPIRY_CHECK: Duration = Duration::from_millis(100);
-/// How often the subscriber pings (a ConnectionManager reconnects, and
-/// resubscribes, only when a command is sent).
+/// How often the subscriber pings while its connection is down (a
+/// ConnectionManager reconnects, and resubscribes, only when a command is
+/// sent); while it is up, every [`PING_EVERY_UP`] ticks.
 const SUBSCRIBER_PING: Duration = Duration::from_millis(250);
+const PING_EVERY_UP: u64 = 4;
 
 fn interval(every: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval(every);
@@ -55,6 +57,15 @@ impl Inner {
 
     fn redis_up(&self) -> bool {
         self.view.borrow().redis_up
+    }
+
+    /// A live peer's RTMP address.
+    pub(super) fn peer_rtmp(&self, node: &str) -> Option<String> {
+        self.view
+            .borrow()
+            .peers
+            .get(node)
+            .map(|p| p.lease.rtmp.clone())
     }
 
     pub(super) fn local_feed_count(&self) -> usize {
@@ -555,11 +566,20 @@ pub(super) async fn pubsub_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     let channels = [k.events(), k.control(), k.ack(&inner.settings.node)];
     let mut subscribed = 0;
     let mut ping = interval(SUBSCRIBER_PING);
+    let mut ticks: u64 = 0;
+    let mut reconnecting = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             push = rx.recv() => match push {
-                Some(p) => on_push(&inner, p).await,
+                Some(p) => {
+                    match p.kind {
+                        PushKind::Disconnection => reconnecting = true,
+                        PushKind::Subscribe => reconnecting = false,
+                        _ => {}
+                    }
+                    on_push(&inner, p).await
+                }
                 None => break,
             },
             _ = ping.tick() => {
@@ -575,7 +595,10 @@ pub(super) async fn pubsub_loop(inner: Arc<Inner>, cancel: CancellationToken) {
                         inner.resync_now.notify_one();
                     }
                 } else {
-                    let _: RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+                    ticks += 1;
+                    if reconnecting || ticks.is_multiple_of(PING_EVERY_UP) {
+                        let _: RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+                    }
                 }
             }
         }

@@ -48,6 +48,20 @@ pub(super) struct Origin {
     /// As its node reported it: eligible since (None: not eligible).
     pub eligible_since: Option<Instant>,
     pub draining: bool,
+    /// Its local mirror, if one runs.
+    pub relay: Option<super::RelayState>,
+}
+
+impl Origin {
+    /// Eligible since, as this node sees it: unavailable while its relay
+    /// is broken (a node elects among what it can still see).
+    pub fn effective_since(&self) -> Option<Instant> {
+        if self.relay == Some(super::RelayState::Retrying) {
+            None
+        } else {
+            self.eligible_since
+        }
+    }
 }
 
 pub(super) struct FeedSlot {

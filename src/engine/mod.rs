@@ -8,6 +8,7 @@
 //! by every player of that source.
 
 mod feed;
+mod feed_players;
 mod player;
 mod remote;
 mod source;
@@ -31,7 +32,7 @@ use crate::media::{CodecConfig, Frame};
 use crate::metrics::Metrics;
 pub use player::{PlayerFormat, PlayerItem};
 use remote::RemoteCommand;
-pub use remote::{LocalFeed, RemoteFeed, WantedMirror};
+pub use remote::{LocalFeed, RelayState, RemoteFeed, WantedMirror};
 use source::Source;
 pub use view::{FeedView, ReprioritizeReport, SourceView, SrtFeedStats, StreamView, SwitchRecord};
 
@@ -133,6 +134,13 @@ pub(crate) enum Command {
         key: SourceKey,
         player: u64,
     },
+    /// Play one feed of this node (a cluster peer's relay); `None` when the
+    /// feed is not a local feed of that source.
+    PlayFeed {
+        key: SourceKey,
+        feed: FeedId,
+        reply: oneshot::Sender<Option<PlayerHandle>>,
+    },
     Reprioritize {
         token: TokenId,
         priority: Option<i32>,
@@ -204,6 +212,17 @@ impl EngineHandle {
         format: PlayerFormat,
     ) -> Result<PlayerHandle, EngineGone> {
         self.ask(|reply| Command::Play { key, format, reply }).await
+    }
+
+    /// Play one feed of this node itself (node-to-node relay); unplay it
+    /// like any player.
+    pub async fn play_feed(
+        &self,
+        key: SourceKey,
+        feed: FeedId,
+    ) -> Result<Option<PlayerHandle>, EngineGone> {
+        self.ask(|reply| Command::PlayFeed { key, feed, reply })
+            .await
     }
 
     pub async fn unplay(&self, key: SourceKey, player: u64) {
@@ -285,6 +304,15 @@ impl EngineHandle {
         ban: Duration,
     ) -> Result<(), EngineGone> {
         self.remote(RemoteCommand::Ban { token, key, ban }).await
+    }
+
+    /// The relay of a remote feed changed state.
+    pub async fn relay_state(
+        &self,
+        feed: FeedId,
+        state: Option<RelayState>,
+    ) -> Result<(), EngineGone> {
+        self.remote(RemoteCommand::Relay { feed, state }).await
     }
 
     /// This node's feeds, for the registry.
@@ -448,9 +476,22 @@ impl Engine {
                 self.source_mut(&key).player_joined_as(now, id, tx, format);
                 let _ = reply.send(PlayerHandle { id, items: rx });
             }
+            Command::PlayFeed { key, feed, reply } => {
+                let id = self.next_player;
+                let (tx, rx) = mpsc::channel(self.settings.player_queue);
+                let player = player::Player::new(id, tx, PlayerFormat::Flv);
+                let ok = self
+                    .sources
+                    .get_mut(&key)
+                    .is_some_and(|s| s.play_feed(feed, player).is_ok());
+                if ok {
+                    self.next_player += 1;
+                }
+                let _ = reply.send(ok.then_some(PlayerHandle { id, items: rx }));
+            }
             Command::Unplay { key, player } => {
                 if let Some(src) = self.sources.get_mut(&key) {
-                    src.player_left(player);
+                    src.player_left(now, player);
                 }
                 self.gc(&key);
             }

@@ -42,6 +42,26 @@ pub struct LocalFeed {
     pub on_air: bool,
 }
 
+/// The local mirror of a remote feed (node-to-node relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    Connecting,
+    /// Media flows.
+    Live,
+    /// Broken; retried with backoff. The feed is unavailable here meanwhile.
+    Retrying,
+}
+
+impl RelayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayState::Connecting => "connecting",
+            RelayState::Live => "live",
+            RelayState::Retrying => "retrying",
+        }
+    }
+}
+
 /// A remote feed this node should relay, and the node that has it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WantedMirror {
@@ -59,6 +79,11 @@ pub(crate) enum RemoteCommand {
     Wanted {
         runner_up: bool,
         reply: oneshot::Sender<Vec<WantedMirror>>,
+    },
+    /// The relay of a remote feed changed state (`None`: no relay).
+    Relay {
+        feed: FeedId,
+        state: Option<RelayState>,
     },
     /// A kick with ban on another node: refuse the token on the source here too.
     Ban {
@@ -86,6 +111,13 @@ impl Engine {
                 }
                 for f in feeds {
                     self.remote_upsert(now, f);
+                }
+            }
+            RemoteCommand::Relay { feed, state } => {
+                if let Some(key) = self.feed_index.get(&feed) {
+                    if let Some(src) = self.sources.get_mut(key) {
+                        src.relay_state(now, feed, state);
+                    }
                 }
             }
             RemoteCommand::Ban { token, key, ban } => {
@@ -127,6 +159,7 @@ impl Engine {
             region: f.region,
             eligible_since: f.eligible_since,
             draining: f.draining,
+            relay: None,
         };
         self.source_mut(&f.key).remote_upsert(now, f.meta, origin);
     }

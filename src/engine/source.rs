@@ -15,6 +15,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 
 use super::feed::{FeedSlot, Origin};
+use super::feed_players::FeedPlayers;
 use super::player::{Player, PlayerFormat, PlayerItem, Sent};
 use super::remote::LocalFeed;
 use super::view::{FeedView, ReprioritizeReport, SourceView, SwitchRecord};
@@ -56,6 +57,8 @@ pub(super) struct Source {
     /// continuity counters across switches); created with the first one.
     ts: Option<TsMuxer>,
     players: Vec<Player>,
+    /// Players of one feed each (cluster peers relaying it).
+    feed_players: FeedPlayers,
     vacant_since: Option<Instant>,
     /// When the last frame went out (for switch gaps).
     last_emit: Option<Instant>,
@@ -102,6 +105,7 @@ impl Source {
             header: Vec::new(),
             ts: None,
             players: Vec::new(),
+            feed_players: FeedPlayers::default(),
             vacant_since: None,
             last_emit: None,
             last_switch: None,
@@ -110,7 +114,20 @@ impl Source {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.feeds.is_empty() && self.players.is_empty()
+        self.feeds.is_empty() && self.players.is_empty() && self.feed_players.is_empty()
+    }
+
+    /// A cluster peer plays this node's feed `feed` itself (not the
+    /// primary). Refused (the player is handed back) for an unknown feed or
+    /// a remote one: relays are never chained.
+    pub fn play_feed(&mut self, feed: FeedId, player: Player) -> Result<(), Player> {
+        match self.feeds.get(&feed) {
+            Some(slot) if !slot.is_remote() && FeedPlayers::format_ok(player.format) => {
+                self.feed_players.join(feed, slot, player, &self.metrics);
+                Ok(())
+            }
+            _ => Err(player),
+        }
     }
 
     pub fn feed_joined(
@@ -139,6 +156,7 @@ impl Source {
         let Some(slot) = self.feeds.remove(&feed) else {
             return;
         };
+        self.feed_players.feed_gone(feed, &self.metrics);
         if slot.is_remote() {
             tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %feed, "remote feed left");
         } else {
@@ -181,6 +199,7 @@ impl Source {
                     Track::Video => slot.video_cfg = Some(cfg),
                     Track::Audio => slot.audio_cfg = Some(cfg),
                 }
+                self.feed_players.header_changed(id, slot);
                 if on_air {
                     self.refresh_header(false);
                 }
@@ -203,6 +222,7 @@ impl Source {
             }
             FeedMedia::Metadata(m) => {
                 slot.metadata = Some(m.clone());
+                self.feed_players.header_changed(id, slot);
                 if on_air {
                     self.rebuild_header();
                     // Players already past the header get the new metadata now.
@@ -221,6 +241,7 @@ impl Source {
                 // A remote feed's eligibility comes from its node, not from
                 // the media of its mirror.
                 let became_healthy = slot.observe(now, &frame) && !slot.is_remote();
+                self.feed_players.frame(id, slot, &frame, &self.metrics);
                 let cut_point = frame.track == Track::Video && frame.keyframe
                     || (frame.track == Track::Audio && !slot.has_video());
                 let switches_before = self.switches;
@@ -283,7 +304,8 @@ impl Source {
                         f.gop.has_keyframe() || (!f.has_video() && !f.gop.is_empty())
                     });
                     let current = self.on_air.as_ref().map(|o| o.feed);
-                    if !has_cache && self.players.is_empty() {
+                    let relayed = current.is_some_and(|c| self.feed_players.watching(c));
+                    if !has_cache && self.players.is_empty() && !relayed {
                         // Nobody watches here (typically: the new primary is
                         // a feed of another node): the old feed goes off the
                         // air now, so a feed waiting for that is released.
@@ -655,11 +677,26 @@ impl Source {
         }
     }
 
-    pub fn player_left(&mut self, id: u64) {
+    pub fn player_left(&mut self, now: Instant, id: u64) {
         let before = self.players.len();
         self.players.retain(|p| p.id != id);
         if self.players.len() < before {
             self.metrics.players.dec();
+        }
+        if let Some(feed) = self.feed_players.leave(id, &self.metrics) {
+            // The last peer relaying the feed on air here switched away: a
+            // planned switch to a feed that is not here completes now (and
+            // releases a feed waiting for it to be disconnected).
+            let unwatched = self.players.is_empty() && !self.feed_players.watching(feed);
+            if unwatched
+                && self.on_air.as_ref().is_some_and(|o| o.feed == feed)
+                && self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| self.feeds.get(&p.to).is_some_and(|f| f.gop.is_empty()))
+            {
+                self.off_air(now, Some(feed));
+            }
         }
     }
 
@@ -774,6 +811,11 @@ impl Source {
             keyframe_interval_ms: slot.keyframe_interval_ms,
             frame_interval_ms: slot.interval.interval_ms(),
             srt: slot.srt.clone(),
+            relay: slot
+                .origin
+                .as_ref()
+                .and_then(|o| o.relay)
+                .map(|r| r.as_str().to_owned()),
         })
     }
 
@@ -905,6 +947,10 @@ impl Source {
             Some(slot) if !slot.is_remote() => return,
             Some(slot) => {
                 let old = slot.origin.clone().expect("remote");
+                let origin = Origin {
+                    relay: old.relay,
+                    ..origin
+                };
                 if slot.meta.priority != priority {
                     inputs.push(Input::PriorityChanged { feed: id, priority });
                 }
@@ -912,10 +958,10 @@ impl Source {
                 if origin.draining && !old.draining {
                     inputs.push(Input::Drain { feed: id });
                 }
-                if origin.eligible_since != old.eligible_since {
+                if origin.effective_since() != old.effective_since() {
                     inputs.push(Input::Remote {
                         feed: id,
-                        since: origin.eligible_since,
+                        since: origin.effective_since(),
                     });
                 }
                 slot.origin = Some(origin);
@@ -941,6 +987,29 @@ impl Source {
         }
         for input in inputs {
             let d = self.election.handle_input(now, input);
+            self.apply(now, d);
+        }
+    }
+
+    /// The mirror of a remote feed changed state.
+    pub fn relay_state(&mut self, now: Instant, feed: FeedId, state: Option<super::RelayState>) {
+        let Some(slot) = self.feeds.get_mut(&feed) else {
+            return;
+        };
+        let Some(origin) = slot.origin.as_mut() else {
+            return;
+        };
+        let before = origin.effective_since();
+        origin.relay = state;
+        let after = origin.effective_since();
+        if matches!(state, None | Some(super::RelayState::Retrying)) {
+            // Its cache is stale from now on: cut to it only from fresh media.
+            slot.mark_unhealthy();
+        }
+        if before != after {
+            let d = self
+                .election
+                .handle_input(now, Input::Remote { feed, since: after });
             self.apply(now, d);
         }
     }

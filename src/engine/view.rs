@@ -41,6 +41,9 @@ pub struct FeedView {
     pub frame_interval_ms: i64,
     /// SRT connection statistics (SRT feeds only).
     pub srt: Option<SrtFeedStats>,
+    /// A feed of another node: the state of its local mirror
+    /// (`connecting`, `live`, `retrying`), `null` when it is not relayed here.
+    pub relay: Option<String>,
 }
 
 /// SRT statistics of a publishing connection, as last reported by the socket.

@@ -37,6 +37,8 @@ pub struct IngestContext {
     pub rtmp: RtmpConfig,
     pub srt: SrtConfig,
     pub limits: ConnectionLimits,
+    /// Verifies the credentials of cluster peers that relay a feed.
+    pub cluster_secret: Option<crate::cluster::credential::ClusterSecret>,
 }
 
 /// Global and per-IP connection counting. A slot is released when its

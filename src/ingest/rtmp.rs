@@ -502,6 +502,7 @@ impl<'a> Connection<'a> {
             source,
             token,
             priority,
+            ..
         } = req;
         let Some(token) = token else {
             self.ctx
@@ -631,6 +632,11 @@ impl<'a> Connection<'a> {
                 return refuse(self, &e.to_string());
             }
         };
+        if let Some(feed) = req.feed {
+            return self
+                .relay_play_requested(request_id, req, feed, stream_id)
+                .await;
+        }
         if self.ctx.rtmp.play_requires_token {
             let Some(token) = &req.token else {
                 return refuse(self, "missing ?token= in the play URL");
@@ -668,6 +674,60 @@ impl<'a> Connection<'a> {
             .await
             .map_err(|_| SessionError::EngineGone)?;
         tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+        self.state = State::Playing {
+            stream_id,
+            key,
+            player: handle.id,
+            items: handle.items,
+        };
+        Ok(())
+    }
+
+    /// A cluster peer pulls one feed of this node (node-to-node relay),
+    /// authorized by a cluster credential for that feed.
+    async fn relay_play_requested(
+        &mut self,
+        request_id: u32,
+        req: crate::ingest::url::StreamRequest,
+        feed: crate::domain::FeedId,
+        stream_id: u32,
+    ) -> Result<(), SessionError> {
+        let refuse = |this: &mut Self, reason: &str| {
+            let r = this
+                .session
+                .reject_request(request_id, "NetStream.Play.Failed", reason);
+            this.push_results(r)
+        };
+        let verified = match (&self.ctx.cluster_secret, &req.cluster) {
+            (Some(secret), Some(c)) => secret
+                .verify(c, feed, crate::cluster::registry::wall_ms())
+                .map_err(|e| e.to_string()),
+            (None, _) => Err("this node is not in a cluster".to_owned()),
+            (_, None) => Err("missing cluster credential".to_owned()),
+        };
+        let peer_node = match verified {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::info!(peer = %self.peer, feed = %feed, reason = %why, "relay play refused");
+                return refuse(self, "invalid cluster credential");
+            }
+        };
+        let key = SourceKey {
+            stream: req.stream,
+            source: req.source,
+        };
+        let Some(handle) = self
+            .ctx
+            .engine
+            .play_feed(key.clone(), feed)
+            .await
+            .map_err(|_| SessionError::EngineGone)?
+        else {
+            return refuse(self, "no such feed on this node");
+        };
+        let r = self.session.accept_request(request_id);
+        self.push_results(r)?;
+        tracing::info!(peer = %self.peer, node = %peer_node, feed = %feed, stream = %key.stream, "relaying a feed to a cluster peer");
         self.state = State::Playing {
             stream_id,
             key,

@@ -12,6 +12,10 @@ pub struct StreamRequest {
     pub token: Option<String>,
     /// `priority=N`: pins the feed's priority.
     pub priority: Option<i32>,
+    /// Play only: `feed=ID` plays that feed itself (a cluster peer's relay),
+    /// authorized by `cluster=CREDENTIAL`.
+    pub feed: Option<crate::domain::FeedId>,
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +75,8 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
     let mut source: Option<SourceId> = None;
     let mut token: Option<String> = None;
     let mut priority: Option<i32> = None;
+    let mut feed = None;
+    let mut cluster = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v)?;
@@ -94,6 +100,14 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
                     return Err(RequestError::Duplicate("sourceId"));
                 }
             }
+            "feed" => {
+                let f = v.parse().map_err(|_| RequestError::Query(k.to_owned()))?;
+                if feed.replace(f).is_some() {
+                    return Err(RequestError::Duplicate("feed"));
+                }
+            }
+            "cluster" if cluster.is_some() => return Err(RequestError::Duplicate("cluster")),
+            "cluster" => cluster = Some(v),
             _ => {}
         }
     }
@@ -102,6 +116,8 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
         source: source.unwrap_or_default(),
         token,
         priority,
+        feed,
+        cluster,
     })
 }
 
@@ -190,6 +206,8 @@ pub fn parse_srt_stream_id(raw: Option<&str>) -> Result<(SrtMode, StreamRequest)
             source,
             token: s,
             priority,
+            feed: None,
+            cluster: None,
         },
     ))
 }

@@ -283,6 +283,11 @@ impl Node {
         Some((id, node))
     }
 
+    /// Run a future on an in-process node's runtime.
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.as_ref().expect("an in-process node").block_on(f)
+    }
+
     /// Stop gracefully (in-process) or SIGTERM (child).
     pub fn shutdown(mut self) {
         self.stop();
