@@ -33,6 +33,8 @@ const C: u8 = b'C';
 /// Feed A again after a reconnect: a new connection, a new feed id.
 const A2: u8 = b'a';
 /// A pinned feed (`priority=` publish parameter).
+mod remote;
+
 const PIN: u8 = b'P';
 
 fn settings() -> EngineSettings {
