@@ -8,6 +8,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::cluster::{shared_redis_url, wait_until, TestCluster, CLUSTER_SECRET};
 use common::gateway::wait_feeds;
 use common::media::{
     keyframe_spacing, publish, publish_expect_refusal, publish_srt, Fixture, Player,
@@ -431,4 +432,70 @@ fn start_up_waits_for_the_database_then_migrates_and_becomes_ready() {
     let key = db.api_key(&[Scope::Admin]);
     let (st, v) = g.http.call("GET", "/api/v1/tokens", Some(&key), None);
     assert_eq!(st, 200, "{v}");
+}
+
+/// With Redis: the drain marks the node's lease draining at once (the
+/// other nodes and the Director see it while its sessions go on), and
+/// releases it last, so the other nodes drop the node at once instead of
+/// waiting for the lease to expire.
+#[test]
+fn drain_marks_the_cluster_lease_draining_first_and_releases_it_last() {
+    let c = TestCluster::new(&shared_redis_url());
+    let observer = c.node("observer", "eu");
+    let redis = c.redis_url.clone();
+    let mut g = GatewayProcess::spawn(
+        &c.db,
+        Ports::free(),
+        &[
+            ("PRIMACY_NODE_ID", "drained"),
+            ("PRIMACY_REGION", "eu"),
+            ("PRIMACY_REDIS_URL", &redis),
+            ("PRIMACY_REDIS_KEY_PREFIX", &c.prefix),
+            ("PRIMACY_CLUSTER_SECRET", CLUSTER_SECRET),
+            ("PRIMACY_SHUTDOWN__MAX_WAIT_MS", "60000"),
+            ("PRIMACY_RTMP__HANDSHAKE_TIMEOUT_MS", "60000"),
+        ],
+    );
+    g.wait_ready(Duration::from_secs(30));
+    let seen = || -> Option<bool> {
+        let v = observer.get("/api/v1/cluster/nodes");
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == "drained")
+            .map(|n| n["draining"] == true)
+    };
+    wait_until(
+        "the observer sees the node",
+        Duration::from_secs(10),
+        || seen() == Some(false),
+    );
+    let conn = hold_connection(&g);
+
+    g.signal("TERM");
+    let took = wait_until(
+        "the observer sees the node draining",
+        Duration::from_secs(5),
+        || seen() == Some(true),
+    );
+    println!("SIGTERM to draining seen by another node: {took:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        seen(),
+        Some(true),
+        "still listed, draining, while a session is open"
+    );
+
+    drop(conn);
+    let status = g
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit after the drain:\n{}", g.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", g.log());
+    // The lease lives 5 s after its last renewal; released, it is gone now.
+    let gone = wait_until(
+        "the observer drops the node",
+        Duration::from_secs(3),
+        || seen().is_none(),
+    );
+    println!("exit to node gone on another node: {gone:?}");
 }
