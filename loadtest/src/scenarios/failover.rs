@@ -1,0 +1,251 @@
+//! `failover`: N sources, each with a primary (priority 100) and a backup
+//! (50) encoder and one recording player, per protocol (RTMP encoders →
+//! RTMP player, SRT encoders → SRT player). The primaries are killed
+//! (connection dropped) repeatedly at a random phase of the GOP: the
+//! player-visible freeze is the largest gap between video frames around
+//! each kill. Then they are stalled (connection open, nothing sent): the
+//! freeze is bounded by `feed_timeout`. After each round the primaries come
+//! back and take the air again by a planned switch (failback), checked for
+//! lost frames and timestamp regressions.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{encoder, play_url, publish_url, sleep_ms, stop_all, wait_frames, Ctx, Proto};
+use crate::encoder::Encoder;
+use crate::fixtures::Quality;
+use crate::gateway::{Gateway, Settings};
+use crate::player::{dts_check, max_gap, now_ms, DtsCheck, Player};
+use crate::plot;
+use crate::report::{Figure, ScenarioReport};
+use crate::stats::Summary;
+
+const FEED_TIMEOUT_MS: f64 = 1500.0;
+const FAILBACK_HOLD_MS: u64 = 500;
+const FRAME_MS: f64 = 1000.0 / 30.0;
+
+#[derive(Default, serde::Serialize)]
+struct Round {
+    proto: Option<Proto>,
+    baseline_gap_ms: Vec<f64>,
+    kill_gap_ms: Vec<f64>,
+    stall_gap_ms: Vec<f64>,
+    /// Timestamp checks around the unplanned switches.
+    unplanned: DtsCheckSum,
+    /// Timestamp checks around the failbacks (planned switches).
+    planned: DtsCheckSum,
+    failbacks: u64,
+}
+
+#[derive(Default, serde::Serialize)]
+struct DtsCheckSum {
+    regressions: u64,
+    lost_frames: u64,
+    frames: u64,
+    steps: Vec<(f64, i64, i64)>,
+}
+
+impl DtsCheckSum {
+    fn add(&mut self, c: DtsCheck) {
+        self.regressions += c.regressions;
+        self.lost_frames += c.lost_frames;
+        self.frames += c.frames;
+        self.steps.extend(
+            c.steps
+                .into_iter()
+                .take(20usize.saturating_sub(self.steps.len())),
+        );
+    }
+}
+
+pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
+    let mut r = ScenarioReport::new("failover");
+    let sources = ctx.pick(4, 1);
+    let kills = ctx.pick(10, 1);
+    let stalls = ctx.pick(3, 1);
+    let fx = ctx.fixture(Quality::Hd)?;
+    let gw = Gateway::start(
+        &ctx.target,
+        &Settings::default()
+            .set("PRIMACY_ELECTION__FAILBACK_HOLD_MS", FAILBACK_HOLD_MS)
+            .set("PRIMACY_ELECTION__FEED_TIMEOUT_MS", FEED_TIMEOUT_MS),
+        "failover",
+    )?;
+    let protos: Vec<Proto> = ctx.pick(vec![Proto::Rtmp, Proto::Srt], vec![Proto::Rtmp]);
+    let mut rounds = Vec::new();
+    for proto in protos {
+        rounds.push(round(ctx, &gw, proto, sources, kills, stalls, &fx)?);
+    }
+
+    let mut cdf = Vec::new();
+    for rd in &rounds {
+        let p = rd.proto.map_or("?", Proto::name);
+        let k = Summary::of(&rd.kill_gap_ms);
+        let regress = rd.unplanned.regressions;
+        r.figures.push(Figure::judged(
+            "kill",
+            format!(
+                "freeze, primary killed, {p} encoders → {p} player ({} kills)",
+                k.n
+            ),
+            format!("{}; {regress} dts regressions", k.brief("ms")),
+            k.p99.map(|p99| p99 <= FRAME_MS + 50.0 && regress == 0),
+        ));
+        let s = Summary::of(&rd.stall_gap_ms);
+        r.figures.push(Figure::judged(
+            "stall",
+            format!(
+                "freeze, primary stalled, {p} (feed_timeout {FEED_TIMEOUT_MS} ms, {} stalls)",
+                s.n
+            ),
+            s.brief("ms"),
+            s.max.map(|m| m <= FEED_TIMEOUT_MS + 83.0),
+        ));
+        r.figures.push(Figure::judged(
+            "planned",
+            format!("failback (planned switch), {p}, {} switches", rd.failbacks),
+            format!(
+                "{} frames lost, {} dts regressions in {} frames",
+                rd.planned.lost_frames, rd.planned.regressions, rd.planned.frames
+            ),
+            Some(rd.planned.lost_frames == 0 && rd.planned.regressions == 0),
+        ));
+        r.figures.push(Figure::info(
+            format!("{p} player's largest gap with no switch (baseline)"),
+            super::ms(rd.baseline_gap_ms.iter().copied().reduce(f64::max)),
+        ));
+        cdf.push((format!("{p} kill"), rd.kill_gap_ms.clone()));
+        cdf.push((format!("{p} no switch"), rd.baseline_gap_ms.clone()));
+    }
+    let png = "failover-gaps.png";
+    match plot::cdf(
+        &ctx.results.join(png),
+        "Player-visible freeze at failover",
+        "largest gap between video frames (ms)",
+        &cdf,
+    ) {
+        Ok(()) => r.plots.push(png.into()),
+        Err(e) => r.notes.push(format!("plot: {e:#}")),
+    }
+    r.notes.push(format!(
+        "{sources} sources per protocol, 720p30 ~2.65 Mbit/s 1 s GOP; failback_hold {FAILBACK_HOLD_MS} ms; \
+         a kill drops the encoder's connection without a goodbye (for SRT the client's socket close)"
+    ));
+    r.details = json!({ "rounds": rounds });
+    Ok(r)
+}
+
+fn round(
+    ctx: &Ctx,
+    gw: &Gateway,
+    proto: Proto,
+    sources: usize,
+    kills: usize,
+    stalls: usize,
+    fx: &crate::fixtures::Fixture,
+) -> Result<Round> {
+    let tag = proto.name().to_lowercase();
+    let streams: Vec<String> = (0..sources).map(|i| format!("fo-{tag}-{i}")).collect();
+    let names: Vec<&str> = streams.iter().map(String::as_str).collect();
+    let hi = gw.token("primary", &names, Some(100))?;
+    let lo = gw.token("backup", &names, Some(50))?;
+    let mut backups = Vec::new();
+    let mut primaries: Vec<Option<Encoder>> = Vec::new();
+    let mut players = Vec::new();
+    for s in &streams {
+        backups.push(encoder(ctx, publish_url(gw, proto, s, &lo.secret)?, fx));
+    }
+    for s in &streams {
+        gw.wait_on_air(s, 1, None, Duration::from_secs(20))?;
+        primaries.push(Some(encoder(
+            ctx,
+            publish_url(gw, proto, s, &hi.secret)?,
+            fx,
+        )));
+    }
+    for s in &streams {
+        gw.wait_on_air(s, 2, Some(&hi.id), Duration::from_secs(20))?;
+        players.push(Player::spawn(&ctx.rt, play_url(gw, proto, s)?, true));
+    }
+    let refs: Vec<&Player> = players.iter().collect();
+    wait_frames(&refs, 45, Duration::from_secs(20))?;
+    let mut rd = Round {
+        proto: Some(proto),
+        ..Round::default()
+    };
+    // Baseline: quiet windows, no switch.
+    for _ in 0..ctx.pick(2, 1) {
+        let t = now_ms();
+        sleep_ms(1500);
+        for p in &players {
+            rd.baseline_gap_ms
+                .extend(max_gap(&p.frames(), t, t + 1500.0));
+        }
+    }
+    let restart = |primaries: &mut Vec<Option<Encoder>>| -> Result<()> {
+        for (i, s) in streams.iter().enumerate() {
+            primaries[i] = Some(encoder(ctx, publish_url(gw, proto, s, &hi.secret)?, fx));
+        }
+        Ok(())
+    };
+    let failback = |rd: &mut Round, t: f64| -> Result<()> {
+        // Back on the primary: hold + up to one GOP + margin.
+        for s in &streams {
+            gw.wait_on_air(s, 2, Some(&hi.id), Duration::from_secs(10))?;
+        }
+        sleep_ms(300);
+        for p in &players {
+            rd.planned
+                .add(dts_check(&p.frames(), t, now_ms(), FRAME_MS));
+        }
+        rd.failbacks += streams.len() as u64;
+        Ok(())
+    };
+    for _ in 0..kills {
+        sleep_ms(800 + rand::random_range(0..1000)); // a random phase in the GOP
+        let t = now_ms();
+        for p in primaries.iter_mut() {
+            if let Some(e) = p.take() {
+                e.kill();
+            }
+        }
+        sleep_ms(1200);
+        for p in &players {
+            let frames = p.frames();
+            rd.kill_gap_ms.extend(max_gap(&frames, t - 100.0, now_ms()));
+            rd.unplanned
+                .add(dts_check(&frames, t - 100.0, now_ms(), FRAME_MS));
+        }
+        restart(&mut primaries)?;
+        failback(&mut rd, now_ms())?;
+    }
+    for _ in 0..stalls {
+        sleep_ms(800 + rand::random_range(0..1000));
+        let t = now_ms();
+        for e in primaries.iter().flatten() {
+            e.stall();
+        }
+        sleep_ms(FEED_TIMEOUT_MS as u64 + 1000);
+        for p in &players {
+            let frames = p.frames();
+            rd.stall_gap_ms
+                .extend(max_gap(&frames, t - 100.0, now_ms()));
+            rd.unplanned
+                .add(dts_check(&frames, t - 100.0, now_ms(), FRAME_MS));
+        }
+        for p in primaries.iter_mut() {
+            if let Some(e) = p.take() {
+                e.kill();
+            }
+        }
+        sleep_ms(300);
+        restart(&mut primaries)?;
+        failback(&mut rd, now_ms())?;
+    }
+    let mut encoders = backups;
+    encoders.extend(primaries.into_iter().flatten());
+    stop_all(ctx, players, encoders);
+    Ok(rd)
+}
