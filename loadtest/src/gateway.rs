@@ -48,6 +48,8 @@ pub enum Target {
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub env: Vec<(String, String)>,
+    /// Reach the database through this address (a proxy) instead.
+    pub db_via: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -55,6 +57,24 @@ impl Settings {
         self.env.push((key.to_owned(), value.to_string()));
         self
     }
+
+    pub fn database_via(mut self, addr: SocketAddr) -> Self {
+        self.db_via = Some(addr);
+        self
+    }
+}
+
+/// `url` with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: SocketAddr) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (creds, rest) = match rest.rsplit_once('@') {
+        Some((c, r)) => (format!("{c}@"), r),
+        None => (String::new(), rest),
+    };
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    format!("{scheme}://{creds}{addr}{path}")
 }
 
 /// A database of the gateway's own, dropped (forcefully) on drop.
@@ -176,8 +196,12 @@ impl Gateway {
                 }
                 let db = OwnDb::create(admin_db)?;
                 let (http, rtmp, srt) = (free_tcp()?, free_tcp()?, free_udp()?);
+                let db_url = match settings.db_via {
+                    Some(addr) => via(&db.url, addr),
+                    None => db.url.clone(),
+                };
                 let mut env = vec![
-                    ("PRIMACY_DATABASE_URL".to_owned(), db.url.clone()),
+                    ("PRIMACY_DATABASE_URL".to_owned(), db_url),
                     ("PRIMACY_HTTP_LISTEN".to_owned(), http.to_string()),
                     ("PRIMACY_RTMP_LISTEN".to_owned(), rtmp.to_string()),
                     ("PRIMACY_SRT_LISTEN".to_owned(), srt.to_string()),
@@ -467,5 +491,25 @@ impl Drop for Gateway {
             let _ = child.wait();
         }
         // `db` drops after the process is gone.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls() {
+        let a: std::net::SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        assert_eq!(
+            super::via("postgres://u:p@127.0.0.1:5432/db", a),
+            "postgres://u:p@127.0.0.1:6000/db"
+        );
+        assert_eq!(
+            super::via("postgres://h/db", a),
+            "postgres://127.0.0.1:6000/db"
+        );
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
     }
 }

@@ -94,11 +94,14 @@ pub enum Scenario {
     Admission,
     /// Encoders connecting and leaving, good and bad tokens: memory and fds back to baseline.
     Churn,
+    /// PostgreSQL cut and restored under load: nothing on air stops; time to converge.
+    Restart,
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 7] = [
+    pub const EVERY: [Scenario; 8] = [
         Scenario::Startup,
+        Scenario::Restart,
         Scenario::Admission,
         Scenario::Failover,
         Scenario::Planned,
@@ -117,6 +120,7 @@ impl Scenario {
             Scenario::Startup => "startup",
             Scenario::Admission => "admission",
             Scenario::Churn => "churn",
+            Scenario::Restart => "restart",
         }
     }
 }

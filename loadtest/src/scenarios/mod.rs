@@ -7,6 +7,7 @@ mod churn;
 mod failover;
 mod fanout;
 mod planned;
+mod restart;
 mod scale;
 mod startup;
 
@@ -68,6 +69,7 @@ pub fn run(s: Scenario, ctx: &Ctx) -> Result<ScenarioReport> {
         Scenario::Fanout => fanout::run(ctx),
         Scenario::Scale => scale::run(ctx),
         Scenario::Churn => churn::run(ctx),
+        Scenario::Restart => restart::run(ctx),
         Scenario::All => bail!("`all` is not a single scenario"),
     }
 }
