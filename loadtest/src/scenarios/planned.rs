@@ -68,6 +68,16 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             format!("reprioritize (disconnect {d}) call → election decision"),
             decided.brief("ms"),
         ));
+        let waits: Vec<f64> = s
+            .on_air_ms
+            .iter()
+            .zip(&s.decided_ms)
+            .map(|(a, b)| a - b)
+            .collect();
+        r.figures.push(Figure::info(
+            format!("reprioritize (disconnect {d}) decision → on air (wait for the new primary's next keyframe)"),
+            Summary::of(&waits).brief("ms"),
+        ));
         r.figures.push(Figure::judged(
             "planned",
             format!(
