@@ -192,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
         s => vec![s],
     };
     let t0 = Instant::now();
+    let load_start = report::loadavg();
     let mut reports: Vec<ScenarioReport> = Vec::new();
     let mut failed = Vec::new();
     for s in list {
@@ -226,6 +227,8 @@ fn run(cli: Cli) -> Result<()> {
             Target::Url { http, .. } => format!("running at {http}"),
         },
         quick: cli.quick,
+        load_start,
+        load_end: report::loadavg(),
     };
     let md = report::markdown(&info, &reports);
     let path = cli.results.join("report.md");

@@ -174,6 +174,20 @@ pub struct RunInfo {
     pub machine: String,
     pub gateway: String,
     pub quick: bool,
+    /// /proc/loadavg when the run started and when it ended: other work on
+    /// the machine shows here.
+    pub load_start: String,
+    pub load_end: String,
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A description of this machine: CPU model and count, memory, kernel.
@@ -213,6 +227,11 @@ pub fn markdown(info: &RunInfo, reports: &[ScenarioReport]) -> String {
     let _ = writeln!(s, "- machine: {}", info.machine);
     let _ = writeln!(s, "- command: `{}`", info.command);
     let _ = writeln!(s, "- gateway: {}", info.gateway);
+    let _ = writeln!(
+        s,
+        "- load average (1/5/15 min) at start: {}; at end: {}",
+        info.load_start, info.load_end
+    );
     if info.quick {
         let _ = writeln!(
             s,
