@@ -328,7 +328,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     let sd = ctx.fixture(Quality::Sd)?;
     let levels: Vec<usize> = ctx.pick(vec![10, 100, 250, 500], vec![5]);
     let nn = ctx.pick(100, 5);
-    let secs = ctx.pick(12, 2);
+    let secs = ctx.pick(10, 2);
     // One GOP of the SD fixture: what a feed's GOP cache holds.
     let gop_bytes = sd.flv.bitrate / 8.0;
 

@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     let idle_n = ctx.pick(1000, 20);
     let streams_per_step = ctx.pick(50, 2);
     let max_sessions = ctx.pick(4000, 16);
-    let limit = Duration::from_secs(ctx.pick(240, 20));
+    let limit = Duration::from_secs(ctx.pick(180, 20));
     let dwell = ctx.pick(6, 3);
 
     let gw = Gateway::start(&ctx.target, &Settings::default(), "scale")?;
