@@ -127,14 +127,28 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A loopback port that `bind` accepts, picked below Linux's ephemeral
+/// range (32768–60999): a port taken from that range could be handed to
+/// one of the load generator's own outgoing connections before the
+/// gateway binds it (or while it restarts).
+fn free_port(bind: impl Fn(u16) -> bool) -> Result<SocketAddr> {
+    for _ in 0..200 {
+        let port = rand::random_range(20_000..32_000);
+        if bind(port) {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    bail!("no free loopback port in 20000-31999 after 200 tries")
+}
+
 /// A free loopback TCP port (bound, then released).
 pub fn free_tcp() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    free_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A free loopback UDP port (bound, then released).
 pub fn free_udp() -> Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+    free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// The gateway under test.

@@ -107,8 +107,11 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             "planned",
             format!("failback (planned switch), {p}, {} switches", rd.failbacks),
             format!(
-                "{} frames lost, {} dts regressions in {} frames",
-                rd.planned.lost_frames, rd.planned.regressions, rd.planned.frames
+                "{} frames lost, {} dts regressions in {} frames{}",
+                rd.planned.lost_frames,
+                rd.planned.regressions,
+                rd.planned.frames,
+                super::steps_text(&rd.planned.steps)
             ),
             Some(rd.planned.lost_frames == 0 && rd.planned.regressions == 0),
         ));
@@ -176,7 +179,7 @@ fn round(
         ..Round::default()
     };
     // Baseline: quiet windows, no switch.
-    for _ in 0..ctx.pick(2, 1) {
+    for _ in 0..ctx.pick(4, 1) {
         let t = now_ms();
         sleep_ms(1500);
         for p in &players {

@@ -151,3 +151,13 @@ pub fn stop_all(ctx: &Ctx, players: Vec<Player>, encoders: Vec<Encoder>) {
 pub fn ms(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.1} ms"))
 }
+
+/// "; DTS steps of A–B ms" for the (arrival, dts before, dts after) steps
+/// a timestamp check found, or nothing.
+pub fn steps_text(steps: &[(f64, i64, i64)]) -> String {
+    let sizes: Vec<i64> = steps.iter().map(|s| s.2 - s.1).filter(|d| *d > 0).collect();
+    match (sizes.iter().min(), sizes.iter().max()) {
+        (Some(a), Some(b)) => format!("; video DTS steps of {a}–{b} ms"),
+        _ => String::new(),
+    }
+}

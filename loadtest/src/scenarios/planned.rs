@@ -85,8 +85,11 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
                 s.on_air_ms.len()
             ),
             format!(
-                "{} frames lost, {} dts regressions in {} frames",
-                s.lost_frames, s.regressions, s.frames
+                "{} frames lost, {} dts regressions in {} frames{}",
+                s.lost_frames,
+                s.regressions,
+                s.frames,
+                super::steps_text(&s.steps)
             ),
             Some(s.lost_frames == 0 && s.regressions == 0),
         ));

@@ -146,6 +146,17 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
         format!("{best} (ramp stopped by {stopped_by})"),
         Some(best >= 2000),
     ));
+    if let Some(ok) = steps.iter().rev().find(|s| s.behind == 0) {
+        r.figures.push(Figure::info(
+            "gateway CPU per 1,000 sessions at the last step with every player at real time",
+            format!(
+                "{:.2} cores ({} sessions: {:.2} cores)",
+                ok.gateway_cpu_share * 1000.0 / ok.sessions as f64,
+                ok.sessions,
+                ok.gateway_cpu_share
+            ),
+        ));
+    }
     if let Some(last) = steps.last() {
         r.figures.push(Figure::info(
             "CPU at the last step (cores busy)",
