@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     r.figures.push(Figure::judged(
         "reprioritize",
         "reprioritize across nodes via Redis",
-        "not measured: one gateway URL (a multi-node run needs the cluster build)",
+        "not measured: the load test runs one gateway; a multi-node run with Redis is not implemented yet",
         None,
     ));
     let png = "reprioritize.png";

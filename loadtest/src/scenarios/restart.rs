@@ -201,7 +201,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     r.figures.push(Figure::judged(
         "restart",
         "Redis restart during load",
-        "not measured: a single node does not use Redis (needs the cluster build)",
+        "not measured: a single node does not use Redis; a multi-node run is not implemented yet",
         None,
     ));
     r.details = json!({ "gaps_ms": gaps, "health_ms": health_ms, "api_ms": api_ms, "health_during_cut": health_during });
