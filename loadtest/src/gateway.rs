@@ -254,11 +254,54 @@ impl Gateway {
                     db: Some(db),
                     started_in: None,
                 };
-                gw.started_in = Some(gw.spawn()?);
+                // A port picked as free can be taken by someone else before
+                // the gateway binds it (the machine may be shared): pick new
+                // ones and try again, three times at most.
+                let mut attempt = 0;
+                gw.started_in = Some(loop {
+                    attempt += 1;
+                    match gw.spawn() {
+                        Ok(d) => break d,
+                        Err(e) if attempt < 3 && gw.log_says("Address already in use") => {
+                            eprintln!("[loadtest] {name}: {e:#}; retrying on other ports");
+                            gw.child = None;
+                            gw.new_ports()?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                });
                 gw.key = gw.create_api_key()?;
                 Ok(gw)
             }
         }
+    }
+
+    /// Whether the child's log holds `text`.
+    fn log_says(&self, text: &str) -> bool {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .is_some_and(|s| s.contains(text))
+    }
+
+    /// Pick new listening ports for the child.
+    fn new_ports(&mut self) -> Result<()> {
+        let (http, rtmp, srt) = (free_tcp()?, free_tcp()?, free_udp()?);
+        for (k, v) in self.env.iter_mut() {
+            match k.as_str() {
+                "PRIMACY_HTTP_LISTEN" => *v = http.to_string(),
+                "PRIMACY_RTMP_LISTEN" => *v = rtmp.to_string(),
+                "PRIMACY_SRT_LISTEN" => *v = srt.to_string(),
+                _ => {}
+            }
+        }
+        self.http = format!("http://{http}");
+        self.rtmp = rtmp;
+        self.srt = srt;
+        if let Some(log) = &self.log {
+            let _ = std::fs::write(log, "");
+        }
+        Ok(())
     }
 
     /// Spawn the child and wait until it is ready; returns the time taken.
