@@ -78,9 +78,11 @@ impl Relays {
     pub async fn start_pull(&self, def: PullInputDef) {
         let ctx = self.ctx.clone();
         self.pulls
-            .start(def.id, PullRuntime::new(), move |cancel, status| {
-                crate::ingest::pull::run(def, ctx, cancel, status)
-            })
+            .start(
+                def.id,
+                PullRuntime::new(def.key.clone()),
+                move |cancel, status| crate::ingest::pull::run(def, ctx, cancel, status),
+            )
             .await
     }
 
@@ -90,7 +92,7 @@ impl Relays {
         self.outputs
             .start(
                 def.id,
-                OutputRuntime::new(def.enabled),
+                OutputRuntime::new(def.key.clone(), def.enabled),
                 move |cancel, status| crate::egress::push::run(def, ctx, cancel, status),
             )
             .await

@@ -117,6 +117,9 @@ fn fails_over_within_and_across_groups_and_retries_after_the_delay() {
         waited >= delay_ms - 50,
         "reconnected {waited} ms after it began waiting; the delay is {delay_ms} ms"
     );
+    let v = g.stream("cam");
+    assert_eq!(v["outputs"][0]["id"], id.as_str(), "{v}");
+    assert_eq!(v["outputs"][0]["status"]["state"], "connected", "{v}");
     // Metrics name the output.
     let (_, m) = g.s.get_text("/metrics");
     assert!(

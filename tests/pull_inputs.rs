@@ -94,6 +94,17 @@ fn pulls_from_ffmpeg_rtmp_and_srt_and_join_the_election_at_their_priority() {
         (s["status"]["bytes_received"].as_u64().unwrap_or(0) > 0).then_some(s)
     });
     assert_eq!(s["status"]["state"], "receiving", "{s}");
+    // The streams API shows the pull inputs of the stream and their state.
+    let v = g.stream("cam");
+    let p = v["pull_inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == high.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(p["status"]["state"], "receiving", "{v}");
+    assert_eq!(p["status"]["feed_id"], hf["feed_id"]);
     // Audited.
     let (_, a) = g.api(
         "GET",

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use actix_web::web;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Auth, Read, Write};
@@ -14,7 +14,9 @@ use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
 use crate::cluster::Command;
 use crate::domain::{FeedId, StreamName, TokenId};
-use crate::engine::{FeedView, StreamView};
+use crate::egress::push::OutputStatus;
+use crate::engine::{FeedView, SourceView, StreamView};
+use crate::ingest::pull::PullStatus;
 use crate::store::{self, audit::NewAudit};
 
 fn engine_gone(_: crate::engine::EngineGone) -> ApiError {
@@ -62,13 +64,14 @@ pub async fn list_streams(
     }))
 }
 
-/// One live stream.
+/// One stream: its live sources, and its pull inputs and push outputs on
+/// this node with their state.
 #[utoipa::path(get, path = "/api/v1/streams/{name}", tag = "streams",
     params(("name" = String, Path, description = "Stream name (may contain /)")),
     responses(
-        (status = 200, description = "The stream", body = StreamView),
+        (status = 200, description = "The stream, with the pull inputs and push outputs of it on this node", body = StreamDetail),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 404, description = "No such live stream", body = ErrorBody),
+        (status = 404, description = "No such live stream, pull input or output", body = ErrorBody),
         (status = 422, description = "Invalid stream name", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
     ),
@@ -77,16 +80,77 @@ pub async fn show_stream(
     state: web::Data<AppState>,
     _auth: Auth<Read>,
     name: web::Path<String>,
-) -> Result<web::Json<StreamView>, ApiError> {
+) -> Result<web::Json<StreamDetail>, ApiError> {
     let name: StreamName = name
         .into_inner()
         .parse()
         .map_err(|e: crate::domain::NameError| ApiError::unprocessable(format!("name: {e}")))?;
     let all = state.engine.snapshot().await.map_err(engine_gone)?;
-    all.into_iter()
-        .find(|s| s.name == name.as_str())
-        .map(web::Json)
-        .ok_or_else(|| ApiError::not_found("live stream"))
+    let live = all.into_iter().find(|s| s.name == name.as_str());
+    let mut pull_inputs: Vec<StreamPullInput> = state
+        .relays
+        .pulls
+        .status(None)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r.key.stream == name)
+        .map(|(id, r)| StreamPullInput {
+            id,
+            source_id: r.key.source.to_string(),
+            status: r.view(),
+        })
+        .collect();
+    pull_inputs.sort_by(|a, b| (&a.source_id, a.id).cmp(&(&b.source_id, b.id)));
+    let mut outputs: Vec<StreamOutput> = state
+        .relays
+        .outputs
+        .status(None)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r.key.stream == name)
+        .map(|(id, r)| StreamOutput {
+            id,
+            source_id: r.key.source.to_string(),
+            status: r.view(),
+        })
+        .collect();
+    outputs.sort_by(|a, b| (&a.source_id, a.id).cmp(&(&b.source_id, b.id)));
+    if live.is_none() && pull_inputs.is_empty() && outputs.is_empty() {
+        return Err(ApiError::not_found("live stream"));
+    }
+    let sources = live.map(|s| s.sources).unwrap_or_default();
+    Ok(web::Json(StreamDetail {
+        name: name.to_string(),
+        sources,
+        pull_inputs,
+        outputs,
+    }))
+}
+
+/// One stream on this node: its live sources, and the pull inputs feeding
+/// it and push outputs sending it that run here.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamDetail {
+    pub name: String,
+    pub sources: Vec<SourceView>,
+    pub pull_inputs: Vec<StreamPullInput>,
+    pub outputs: Vec<StreamOutput>,
+}
+
+/// A pull input of the stream and what it is doing (see `/pull-inputs`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamPullInput {
+    pub id: Uuid,
+    pub source_id: String,
+    pub status: PullStatus,
+}
+
+/// A push output of the stream and what it is doing (see `/outputs`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamOutput {
+    pub id: Uuid,
+    pub source_id: String,
+    pub status: OutputStatus,
 }
 
 /// The ban of a kicked feed, for every other node.

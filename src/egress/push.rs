@@ -149,14 +149,17 @@ pub struct OutputStatus {
 /// A worker's state: the status plus the live byte counter.
 #[derive(Debug, Clone)]
 pub struct OutputRuntime {
+    /// The source it sends (for the streams API).
+    pub key: SourceKey,
     status: OutputStatus,
     bytes_done: u64,
     live: Option<Counter>,
 }
 
 impl OutputRuntime {
-    pub fn new(enabled: bool) -> Self {
+    pub fn new(key: SourceKey, enabled: bool) -> Self {
         Self {
+            key,
             status: OutputStatus {
                 state: if enabled {
                     OutputState::Idle

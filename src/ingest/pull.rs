@@ -184,14 +184,17 @@ pub struct PullStatus {
 /// A worker's state: the status plus the live byte counter of its session.
 #[derive(Debug, Clone)]
 pub struct PullRuntime {
+    /// The source it feeds (for the streams API).
+    pub key: SourceKey,
     status: PullStatus,
     bytes_done: u64,
     live: Option<Counter>,
 }
 
 impl PullRuntime {
-    pub fn new() -> Self {
+    pub fn new(key: SourceKey) -> Self {
         Self {
+            key,
             status: PullStatus {
                 state: PullState::Connecting,
                 url_index: None,
@@ -224,12 +227,6 @@ impl PullRuntime {
     fn error(&mut self, e: String) {
         self.status.last_error = Some(e);
         self.status.last_error_at = Some(Utc::now());
-    }
-}
-
-impl Default for PullRuntime {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
