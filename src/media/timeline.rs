@@ -134,10 +134,20 @@ impl OutputClock {
         }
     }
 
-    /// Where the next feed's first frame should land: last_dts + `frame_gap_ms` (>= 1), or 0 if nothing emitted.
+    /// Where the next feed's first frame (its keyframe) should land: one
+    /// frame gap (>= 1) after the last video DTS, and strictly after the
+    /// last audio DTS; 0 if nothing was emitted.
+    ///
+    /// Audio leads video by up to a few tens of ms in interleaved FLV/TS, so
+    /// basing the gap on the later of the two tracks would leave a hole of
+    /// that lead in the video at every switch.
     pub fn next_base(&self, frame_gap_ms: i64) -> i64 {
-        self.last_dts()
-            .map_or(0, |last| last.saturating_add(frame_gap_ms.max(1)))
+        let gap = frame_gap_ms.max(1);
+        match (self.video, self.audio) {
+            (Some(v), Some(a)) => v.saturating_add(gap).max(a.saturating_add(1)),
+            (Some(last), None) | (None, Some(last)) => last.saturating_add(gap),
+            (None, None) => 0,
+        }
     }
 
     /// Clamp so per-track output DTS is strictly monotonic... for video strictly increasing, for audio non-decreasing; returns the adjusted frame (pts shifted by the same amount as dts). Use this as a last line of defence after Rebase::apply.

@@ -112,10 +112,20 @@ fn clock_next_base() {
     assert_eq!(c.last_track_dts(Track::Video), Some(100));
     assert_eq!(c.last_track_dts(Track::Audio), Some(120));
     assert_eq!(c.last_dts(), Some(120));
-    assert_eq!(c.next_base(33), 153);
+    // Audio leads video by 20 ms: one frame after the video, which is
+    // already after the audio.
+    assert_eq!(c.next_base(33), 133);
+    // A gap shorter than the audio lead: just after the audio.
+    assert_eq!(c.next_base(10), 121);
     assert_eq!(c.next_base(0), 121);
     assert_eq!(c.next_base(-7), 121);
-    assert_eq!(Rebase::continue_after(&c, 5, 33), Rebase::new(5, 153));
+    assert_eq!(Rebase::continue_after(&c, 5, 33), Rebase::new(5, 133));
+    let mut v = OutputClock::new();
+    v.observe(&video(100, 0, true));
+    assert_eq!(v.next_base(33), 133);
+    let mut a = OutputClock::new();
+    a.observe(&audio(120));
+    assert_eq!(a.next_base(33), 153);
 }
 
 #[test]
@@ -266,9 +276,11 @@ fn switch_with_backwards_input_is_clamped() {
     let r = Rebase::continue_after(&clock, 100, 33);
     let first = clock.enforce_monotonic(r.apply(&video(100, 0, true)));
     clock.observe(&first);
-    assert_eq!(first.dts, 5_043);
+    // One frame after the last video; the audio (10 ms ahead) is already
+    // behind that.
+    assert_eq!(first.dts, 5_033);
     let glitch = clock.enforce_monotonic(r.apply(&video(50, 20, false)));
-    assert_eq!((glitch.dts, glitch.pts), (5_044, 5_064));
+    assert_eq!((glitch.dts, glitch.pts), (5_034, 5_054));
     let a = clock.enforce_monotonic(r.apply(&audio(60)));
     assert_eq!(a.dts, 5_010);
 }
