@@ -234,7 +234,7 @@ impl RtmpClient {
             let out = std::mem::take(&mut self.out);
             let r = self.write(&out).await;
             self.out = out;
-            self.out.clear();
+            crate::egress::rtmp::recycle_out(&mut self.out);
             r?;
         }
         Ok(())

@@ -17,6 +17,25 @@ use crate::engine::PlayerItem;
 /// Items serialized per write, at most: bounds one write's size.
 const BATCH: usize = 64;
 
+/// Bytes serialized per write, at most (one message may overshoot it):
+/// a joining player's catch-up (a whole cached GOP) goes out in writes of
+/// this size instead of one buffer as large as the GOP.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// What a connection's output buffer keeps between writes. A buffer that
+/// grew past it for a burst (a keyframe, a catch-up) is given back after
+/// the write, so an idle or steady player does not hold a GOP-sized
+/// allocation for the rest of its life.
+pub const OUT_RETAIN: usize = 32 * 1024;
+
+/// Empty `out` after its bytes were written, giving back what a burst grew.
+pub fn recycle_out(out: &mut Vec<u8>) {
+    out.clear();
+    if out.capacity() > OUT_RETAIN {
+        out.shrink_to(OUT_RETAIN);
+    }
+}
+
 /// Where RTMP media messages are serialized to (appended to `out`).
 pub trait RtmpMediaSink {
     type Error;
@@ -123,7 +142,9 @@ pub fn write_player_item<S: RtmpMediaSink>(
     Ok(true)
 }
 
-/// Serialize `first` and whatever else is already queued into `out`.
+/// Serialize `first` and whatever else is already queued into `out`, up
+/// to [`BATCH`] items or [`BATCH_BYTES`] bytes; the rest stays queued for
+/// the next write.
 /// Returns false when the engine closed this player (source vacant too
 /// long); the stream is then finished for the player.
 pub fn write_player_items<S: RtmpMediaSink>(
@@ -139,7 +160,7 @@ pub fn write_player_items<S: RtmpMediaSink>(
             return Ok(false);
         }
         n += 1;
-        if n < BATCH {
+        if n < BATCH && out.len() < BATCH_BYTES {
             next = items.try_recv().ok();
         }
     }

@@ -28,12 +28,17 @@ use super::url::{parse_stream_key, StreamRequest};
 use super::IngestContext;
 use crate::auth::publish::AdmitError;
 use crate::domain::{FeedId, Priority};
-use crate::egress::rtmp::{write_player_items, ServerPlayback};
+use crate::egress::rtmp::{recycle_out, write_player_items, ServerPlayback};
 use crate::engine::PlayerFormat;
 use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, PublishRefusal, SourceKey,
 };
 use crate::media::Track;
+
+/// Read buffer of a connection until it is known to play.
+const READ_BUF: usize = 16 * 1024;
+/// Read buffer of a playing connection (acknowledgements and control).
+const PLAY_READ_BUF: usize = 2 * 1024;
 
 /// Accept connections until `cancel` fires; it also closes every open
 /// connection (players get `NetStream.Play.Stop` first). While draining,
@@ -181,7 +186,7 @@ impl<'a> Connection<'a> {
         ctx: &'a IngestContext,
         cancel: CancellationToken,
     ) -> Result<(), SessionError> {
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; READ_BUF];
         let hs_timeout = Duration::from_millis(ctx.rtmp.handshake_timeout_ms);
         let remaining = tokio::time::timeout(hs_timeout, handshake(&mut sock, &mut buf))
             .await
@@ -194,7 +199,7 @@ impl<'a> Connection<'a> {
             ctx,
             session,
             state: State::Idle,
-            out: Vec::with_capacity(16 * 1024),
+            out: Vec::new(),
             pending_bytes: 0,
             close_after_flush: false,
         };
@@ -207,7 +212,7 @@ impl<'a> Connection<'a> {
         &mut self,
         initial: Vec<ServerSessionResult>,
         remaining: Vec<u8>,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
         cancel: CancellationToken,
     ) -> Result<(), SessionError> {
         self.process(initial).await?;
@@ -246,7 +251,7 @@ impl<'a> Connection<'a> {
                 };
                 let sock = &mut self.sock;
                 tokio::select! {
-                    r = sock.read(buf) => Wake::Read(r?),
+                    r = sock.read(&mut buf[..]) => Wake::Read(r?),
                     w = from_engine => w,
                     _ = sleep => Wake::Idle,
                     _ = cancel.cancelled() => Wake::Stop,
@@ -258,6 +263,11 @@ impl<'a> Connection<'a> {
                     let results = self.input(&buf[..n])?;
                     self.process(results).await?;
                     self.flush().await?;
+                    if matches!(self.state, State::Playing { .. }) && buf.len() > PLAY_READ_BUF {
+                        // A player only sends acknowledgements and control
+                        // messages from here on.
+                        *buf = vec![0u8; PLAY_READ_BUF];
+                    }
                     if self.close_after_flush {
                         return Ok(());
                     }
@@ -318,7 +328,7 @@ impl<'a> Connection<'a> {
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             self.sock.write_all(&self.out).await?;
-            self.out.clear();
+            recycle_out(&mut self.out);
         }
         Ok(())
     }
