@@ -141,6 +141,42 @@ fn free_port(bind: impl Fn(u16) -> bool) -> Result<SocketAddr> {
     bail!("no free loopback port in 20000-31999 after 200 tries")
 }
 
+/// Check that the Redis server at `url` (`redis://[user:pass@]host:port[/db]`)
+/// answers a PING, within 2 s. The children talk to it themselves; this
+/// only decides whether a run with several nodes can take place.
+pub fn redis_ping(url: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| anyhow!("Redis URL {} is not redis://", redact(url)))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:6379")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .with_context(|| format!("Redis address {hostport}"))?
+        .next()
+        .ok_or_else(|| anyhow!("Redis address {hostport} resolves to nothing"))?;
+    let t = Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t)
+        .with_context(|| format!("no Redis at {hostport}"))?;
+    s.set_read_timeout(Some(t))?;
+    s.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = s
+        .read(&mut buf)
+        .with_context(|| format!("Redis at {hostport}"))?;
+    // +PONG, or an error such as -NOAUTH when the URL carries credentials:
+    // the gateway authenticates itself.
+    if n == 0 {
+        bail!("Redis at {hostport} closed the connection");
+    }
+    Ok(())
+}
+
 /// A free loopback TCP port (bound, then released).
 pub fn free_tcp() -> Result<SocketAddr> {
     free_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
@@ -254,26 +290,62 @@ impl Gateway {
                     db: Some(db),
                     started_in: None,
                 };
-                // A port picked as free can be taken by someone else before
-                // the gateway binds it (the machine may be shared): pick new
-                // ones and try again, three times at most.
-                let mut attempt = 0;
-                gw.started_in = Some(loop {
-                    attempt += 1;
-                    match gw.spawn() {
-                        Ok(d) => break d,
-                        Err(e) if attempt < 3 && gw.log_says("Address already in use") => {
-                            eprintln!("[loadtest] {name}: {e:#}; retrying on other ports");
-                            gw.child = None;
-                            gw.new_ports()?;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                });
+                gw.launch(name)?;
                 gw.key = gw.create_api_key()?;
                 Ok(gw)
             }
         }
+    }
+
+    /// Start another node of the same cluster beside this child gateway:
+    /// its own `primacy serve` process and loopback ports, the same
+    /// database (so the same tokens and API key), this gateway's settings
+    /// overlaid by `settings` (node id, region). The database stays this
+    /// gateway's: drop the peer first.
+    pub fn peer(&self, settings: &Settings, name: &str) -> Result<Self> {
+        let Some(log_dir) = self.log.as_ref().and_then(|l| l.parent()) else {
+            bail!("a peer node needs a gateway started here, not one given by URL");
+        };
+        let mut env = self.env.clone();
+        env.push(("PRIMACY_NODE_ID".to_owned(), format!("loadtest-{name}")));
+        env.extend(settings.env.iter().cloned());
+        let mut gw = Self {
+            http: String::new(),
+            rtmp: self.rtmp,
+            srt: self.srt,
+            key: self.key.clone(),
+            agent: self.agent.clone(),
+            child: None,
+            url_pid: None,
+            bin: self.bin.clone(),
+            env,
+            log: Some(log_dir.join(format!("gateway-{name}.log"))),
+            db: None,
+            started_in: None,
+        };
+        gw.new_ports()?;
+        gw.launch(name)?;
+        Ok(gw)
+    }
+
+    /// Spawn the child until it is ready. A port picked as free can be
+    /// taken by someone else before the gateway binds it (the machine may
+    /// be shared): pick new ones and try again, three times at most.
+    fn launch(&mut self, name: &str) -> Result<()> {
+        let mut attempt = 0;
+        self.started_in = Some(loop {
+            attempt += 1;
+            match self.spawn() {
+                Ok(d) => break d,
+                Err(e) if attempt < 3 && self.log_says("Address already in use") => {
+                    eprintln!("[loadtest] {name}: {e:#}; retrying on other ports");
+                    self.child = None;
+                    self.new_ports()?;
+                }
+                Err(e) => return Err(e),
+            }
+        });
+        Ok(())
     }
 
     /// Whether the child's log holds `text`.

@@ -52,6 +52,15 @@ pub struct Cli {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub database_url: String,
+    /// Redis for the two-node run of `planned` (the nodes use a key prefix
+    /// of the run's own); skipped with a note when it does not answer.
+    #[arg(
+        long,
+        global = true,
+        env = "PRIMACY_TEST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
     /// Use a running gateway instead of starting one: its HTTP base URL.
     /// Needs --api-key, --rtmp and --srt (and --gateway-pid for /proc figures).
     #[arg(long, global = true, requires_all = ["api_key", "rtmp", "srt"])]
@@ -184,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         fixtures: cli.fixtures.clone(),
         quick: cli.quick,
         nginx: !cli.no_nginx,
+        redis_url: cli.redis_url.clone(),
     };
     std::fs::create_dir_all(&cli.results)?;
     let list: Vec<Scenario> = match cli.scenario {

@@ -32,6 +32,8 @@ pub struct Ctx {
     pub quick: bool,
     /// Compare with nginx-rtmp where it applies (when it is installed).
     pub nginx: bool,
+    /// Redis for runs with several nodes.
+    pub redis_url: String,
     pub rt: tokio::runtime::Handle,
 }
 
