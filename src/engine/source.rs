@@ -29,6 +29,10 @@ use crate::metrics::Metrics;
 struct OnAir {
     feed: FeedId,
     rebase: Rebase,
+    /// The last audio DTS out before this feed went on air: its audio that
+    /// lands before it overlaps the previous feed's and is dropped, until
+    /// one frame lands after it (`None` from then on).
+    audio_floor: Option<i64>,
 }
 
 struct Pending {
@@ -436,7 +440,12 @@ impl Source {
         let rebase = Rebase::new(first.dts, self.clock.next_base(gap));
         let old = self.on_air.as_ref().map(|o| o.feed).or(from);
         self.off_air(now, from);
-        self.on_air = Some(OnAir { feed: to, rebase });
+        let audio_floor = self.clock.last_track_dts(Track::Audio);
+        self.on_air = Some(OnAir {
+            feed: to,
+            rebase,
+            audio_floor,
+        });
         self.vacant_since = None;
         self.refresh_header(true);
         let gap_ms = if planned {
@@ -535,12 +544,24 @@ impl Source {
 
     /// Rebase, mux once, fan out.
     fn emit(&mut self, now: Instant, frame: &Frame) {
-        let Some(on) = &self.on_air else { return };
+        let Some(on) = self.on_air.as_mut() else {
+            return;
+        };
         if frame.dts < on.rebase.in_base {
             // Belongs before the cut point (e.g. audio ahead of the keyframe).
             return;
         }
-        let out = self.clock.enforce_monotonic(on.rebase.apply(frame));
+        let rebased = on.rebase.apply(frame);
+        if frame.track == Track::Audio {
+            if let Some(floor) = on.audio_floor {
+                if rebased.dts < floor {
+                    // The previous feed's audio already covered this time.
+                    return;
+                }
+                on.audio_floor = None;
+            }
+        }
+        let out = self.clock.enforce_monotonic(rebased);
         self.clock.observe(&out);
         self.last_emit = Some(now);
         let audio_only = self

@@ -139,6 +139,9 @@ struct Spec {
     metadata: bool,
     /// False: only frame 0 is a keyframe, never another.
     more_keyframes: bool,
+    /// Audio frames arrive this much ahead of their time (MPEG-TS muxers
+    /// send audio ahead of the video).
+    audio_lead_ms: u64,
 }
 
 fn spec(tag: u8, priority: i32) -> Spec {
@@ -152,6 +155,7 @@ fn spec(tag: u8, priority: i32) -> Spec {
         delay_ms: 0,
         metadata: true,
         more_keyframes: true,
+        audio_lead_ms: 0,
     }
 }
 
@@ -176,7 +180,7 @@ impl Synth {
     }
 
     fn audio_due(&self) -> u64 {
-        self.start_ms + audio_off(self.next_audio)
+        (self.start_ms + audio_off(self.next_audio)).saturating_sub(self.spec.audio_lead_ms)
     }
 
     /// The feed's own DTS of video frame `i`.
@@ -1054,6 +1058,65 @@ fn failback_waits_for_the_hold_then_cuts_at_the_next_keyframe_losing_nothing() {
     assert_eq!(b.state, "standby");
     assert!(b.eligible && !b.primary);
     no_control(h.feed_mut(B));
+}
+
+/// Audio arriving ahead of the video (as from MPEG-TS encoders): the
+/// planned cut still puts the new feed's keyframe one frame after the last
+/// video out, and only the new feed's audio that overlaps audio already out
+/// is dropped; both tracks stay monotonic.
+#[test]
+fn planned_cut_keeps_the_video_cadence_when_audio_leads() {
+    let lead = 70;
+    let mut h = H::new();
+    let mut p = h.player(1024);
+    h.join(Spec {
+        gop: 60,
+        dts0: 5_000_000,
+        audio_lead_ms: lead,
+        ..spec(B, 50)
+    });
+    h.run_to(1000);
+    h.join(Spec {
+        gop: 18,
+        dts0: 0,
+        audio_lead_ms: lead,
+        ..spec(A, 100)
+    });
+    h.run_until(3000, |h| {
+        h.primary() == Some(A) && h.feed(A).next_video > 40
+    });
+    let log = drain(&mut p);
+    let (b_part, a_part) = split_at_tag(&log, A);
+    let last_b_video = videos(b_part, B).last().expect("B video").1;
+    let last_b_audio = audios(b_part, B).last().expect("B audio").1;
+    assert!(
+        last_b_audio - last_b_video > 33,
+        "audio leads: video {last_b_video}, audio {last_b_audio}"
+    );
+    let a_video = videos(a_part, A);
+    let first_a = a_video.first().expect("A video");
+    assert!(first_a.2, "A starts at a keyframe");
+    assert!(
+        (33..=34).contains(&(first_a.1 - last_b_video)),
+        "first A video {}, last B video {last_b_video}",
+        first_a.1
+    );
+    let a_audio = audios(a_part, A);
+    let first_audio = a_audio.first().expect("A audio");
+    assert!(
+        first_audio.1 >= last_b_audio,
+        "{first_audio:?} after {last_b_audio}"
+    );
+    // Dropped: only A's audio that would land before B's last audio, so
+    // the first one kept is less than one AAC frame (21.3 ms) after it.
+    assert!(
+        first_audio.1 - last_b_audio <= 22,
+        "{first_audio:?} vs {last_b_audio}"
+    );
+    assert_consecutive("A audio", &a_audio.iter().map(|a| a.0).collect::<Vec<_>>());
+    assert_consecutive("A video", &a_video.iter().map(|v| v.0).collect::<Vec<_>>());
+    assert_monotonic(&log);
+    assert_headers_precede_frames(&log);
 }
 
 // ---------------------------------------------------------------------------

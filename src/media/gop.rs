@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - Either the cache is empty, or its first frame is a video keyframe and
-//!   the rest are every frame pushed after it, in arrival order (audio
+//!   the rest are the audio frames pushed just before it but timed at or
+//!   after it, then every frame pushed after it, in arrival order (audio
 //!   interleaved as it arrived). So `has_keyframe() == !is_empty()`.
 //! - `bytes()` is the sum of the cached payload lengths and never exceeds
 //!   `max_bytes` after a `push` returns: a push that would exceed it clears
@@ -12,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use super::Frame;
+use super::{Frame, Track};
 
 /// Per-feed GOP cache: the frames since (and including) the last video keyframe, bounded in bytes.
 /// Before the first video keyframe of an audio+video feed nothing is cached (audio-only feeds: keep the last ~1 s of audio is NOT required; keep it simple: if the feed never sent video, cache nothing and report has_keyframe() == false).
@@ -37,12 +38,34 @@ impl GopCache {
     /// Add a frame: a video keyframe starts a new GOP; anything else is
     /// appended if a GOP is open and dropped otherwise. Clones the Frame
     /// (payload Bytes is refcounted).
+    ///
+    /// Audio that arrived just before the keyframe but is timed at or after
+    /// it (muxers send audio ahead of the video, MPEG-TS by up to a few
+    /// frames) belongs to the new GOP: it is kept, after the keyframe, so
+    /// that a cut to this GOP has no audio hole.
     pub fn push(&mut self, frame: &Frame) {
         if frame.is_video_keyframe() {
+            let ahead = self
+                .frames
+                .iter()
+                .rev()
+                .take_while(|f| f.track == Track::Audio && f.dts >= frame.dts)
+                .count();
+            let carried: Vec<Frame> = self.frames.drain(self.frames.len() - ahead..).collect();
             self.clear();
-        } else if self.frames.is_empty() {
+            self.append(frame);
+            for f in &carried {
+                self.append(f);
+            }
             return;
         }
+        if self.frames.is_empty() {
+            return;
+        }
+        self.append(frame);
+    }
+
+    fn append(&mut self, frame: &Frame) {
         let size = frame.payload.len();
         if self.bytes.saturating_add(size) > self.max_bytes {
             self.clear();
@@ -164,6 +187,35 @@ mod tests {
         assert_eq!(c.bytes(), 90);
         assert_eq!(c.keyframe().map(|f| f.dts), Some(66));
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn audio_sent_ahead_of_a_keyframe_joins_its_gop() {
+        let mut c = GopCache::new(1 << 20);
+        c.push(&video(0, true, 100));
+        c.push(&audio(50, 10));
+        c.push(&video(33, false, 50));
+        // Timed after the next keyframe (66), sent before it.
+        c.push(&audio(70, 10));
+        c.push(&audio(91, 10));
+        c.push(&video(66, true, 80));
+        c.push(&audio(113, 10));
+        assert_eq!(
+            dts_list(&c),
+            vec![
+                (Track::Video, 66),
+                (Track::Audio, 70),
+                (Track::Audio, 91),
+                (Track::Audio, 113)
+            ]
+        );
+        assert_eq!(c.bytes(), 110);
+        // Audio timed before the keyframe stays with the old GOP.
+        c.push(&audio(120, 10));
+        c.push(&video(99, false, 50));
+        c.push(&audio(135, 10));
+        c.push(&video(132, true, 80));
+        assert_eq!(dts_list(&c), vec![(Track::Video, 132), (Track::Audio, 135)]);
     }
 
     #[test]

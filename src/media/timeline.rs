@@ -135,17 +135,19 @@ impl OutputClock {
     }
 
     /// Where the next feed's first frame (its keyframe) should land: one
-    /// frame gap (>= 1) after the last video DTS, and strictly after the
-    /// last audio DTS; 0 if nothing was emitted.
+    /// frame gap (>= 1) after the last video DTS (after the last audio DTS
+    /// when there was no video); 0 if nothing was emitted.
     ///
-    /// Audio leads video by up to a few tens of ms in interleaved FLV/TS, so
-    /// basing the gap on the later of the two tracks would leave a hole of
-    /// that lead in the video at every switch.
+    /// Audio leads video by up to a few frames in interleaved FLV and more
+    /// in MPEG-TS (audio PES are sent ahead), so basing the gap on the
+    /// later of the two tracks would leave a hole of that lead in the video
+    /// at every switch. The new feed's audio that then lands before the
+    /// last audio out is the overlap of the two feeds: the engine drops it
+    /// ([`OutputClock::last_track_dts`] at the cut is the floor).
     pub fn next_base(&self, frame_gap_ms: i64) -> i64 {
         let gap = frame_gap_ms.max(1);
         match (self.video, self.audio) {
-            (Some(v), Some(a)) => v.saturating_add(gap).max(a.saturating_add(1)),
-            (Some(last), None) | (None, Some(last)) => last.saturating_add(gap),
+            (Some(last), _) | (None, Some(last)) => last.saturating_add(gap),
             (None, None) => 0,
         }
     }
