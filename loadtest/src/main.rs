@@ -52,7 +52,7 @@ pub struct Cli {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub database_url: String,
-    /// Redis for the two-node run of `planned` (the nodes use a key prefix
+    /// Redis for the two-node runs of `planned` and `restart` (a key prefix
     /// of the run's own); skipped with a note when it does not answer.
     #[arg(
         long,

@@ -69,7 +69,13 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
                 "planned-cached-cut"
             },
         )?;
-        for disconnect in [false, true] {
+        // A quick run measures the variants with `disconnect` false only.
+        let modes: &[bool] = if ctx.quick && max_added > 0 {
+            &[false]
+        } else {
+            &[false, true]
+        };
+        for &disconnect in modes {
             let nodes = Nodes {
                 api: &gw,
                 a: &gw,
@@ -80,7 +86,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     }
     let cross = match cross_node_gateways(ctx) {
         Ok(Some((eu, us))) => {
-            for disconnect in [false, true] {
+            for &disconnect in ctx.pick(&[false, true][..], &[false][..]) {
                 let nodes = Nodes {
                     api: &us,
                     a: &eu,
