@@ -1,15 +1,26 @@
 //! RTMP output: turn the engine's player items (FLV bodies muxed once per
 //! source) into RTMP chunks. The same code serves a player session on the
-//! server side ([`ServerPlayback`], rml_rtmp `ServerSession`) and a push
-//! output or load-generating publisher on the client side (rml_rtmp
-//! `ClientSession`), through [`RtmpMediaSink`].
+//! server side ([`ServerPlayback`]) and a push output or load-generating
+//! publisher on the client side (rml_rtmp `ClientSession`), through
+//! [`RtmpMediaSink`].
+//!
+//! A player's audio and video messages are chunked here ([`MediaChunks`])
+//! rather than by rml_rtmp: the chunk headers are written between slices
+//! of the payload the engine shares among all players, and the whole goes
+//! out in vectored writes, so a player costs no copy of the media in user
+//! space and no buffer the size of what it is sent (rml_rtmp serializes
+//! every message into a new buffer per player). Control, command and
+//! metadata messages stay with rml_rtmp's session.
 
-use bytes::Bytes;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionError, ClientSessionResult, ServerSession, ServerSessionError,
     StreamMetadata,
 };
 use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::engine::PlayerItem;
@@ -39,6 +50,10 @@ pub fn recycle_out(out: &mut Vec<u8>) {
 /// Where RTMP media messages are serialized to (appended to `out`).
 pub trait RtmpMediaSink {
     type Error;
+    /// Bytes serialized and not yet written (bounds a batch).
+    fn queued(&self, out: &[u8]) -> usize {
+        out.len()
+    }
     fn metadata(&mut self, m: &StreamMetadata, out: &mut Vec<u8>) -> Result<(), Self::Error>;
     fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error>;
     fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error>;
@@ -46,38 +61,185 @@ pub trait RtmpMediaSink {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Self::Error>;
 }
 
-/// A playing stream of a server session.
+/// Chunk stream ids of the media messages chunked by [`MediaChunks`]
+/// (rml_rtmp's own messages use 2 to 6).
+const VIDEO_CSID: u8 = 7;
+const AUDIO_CSID: u8 = 8;
+/// RTMP message types.
+const TYPE_AUDIO: u8 = 8;
+const TYPE_VIDEO: u8 = 9;
+/// A timestamp at or above this goes in the extended timestamp field.
+const EXTENDED_TS: u32 = 0x00FF_FFFF;
+/// Slices per vectored write, at most.
+const IOV: usize = 64;
+
+/// One player's RTMP media messages as the segments to write, in order:
+/// chunk headers (small, from one shared buffer) and slices of the shared
+/// payloads. Each message starts with a full (type 0) chunk header, so the
+/// chunk streams need no state shared with rml_rtmp's serializer; every
+/// continuation chunk gets a type 3 header (with the extended timestamp
+/// repeated, as RTMP requires, when the timestamp needs one).
+#[derive(Debug)]
+pub struct MediaChunks {
+    chunk_size: usize,
+    heads: BytesMut,
+    segments: Vec<Bytes>,
+    queued: usize,
+}
+
+impl MediaChunks {
+    /// `chunk_size` must be the outbound chunk size the session announced.
+    pub fn new(chunk_size: u32) -> Self {
+        Self {
+            chunk_size: (chunk_size as usize).max(128),
+            heads: BytesMut::new(),
+            segments: Vec::new(),
+            queued: 0,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Queue bytes serialized elsewhere (rml_rtmp), keeping their order
+    /// among the media messages.
+    pub fn raw(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.push(Bytes::copy_from_slice(bytes));
+        }
+    }
+
+    /// Queue one audio or video message of message stream `stream_id`.
+    pub fn message(&mut self, type_id: u8, stream_id: u32, ts: u32, body: Bytes) {
+        let csid = if type_id == TYPE_VIDEO {
+            VIDEO_CSID
+        } else {
+            AUDIO_CSID
+        };
+        let extended = ts >= EXTENDED_TS;
+        let len = body.len().min(0x00FF_FFFF);
+        self.head_room();
+        self.heads.put_u8(csid); // format 0, one-byte basic header
+        self.heads.put_uint(u64::from(ts.min(EXTENDED_TS)), 3);
+        self.heads.put_uint(len as u64, 3);
+        self.heads.put_u8(type_id);
+        self.heads.put_u32_le(stream_id);
+        if extended {
+            self.heads.put_u32(ts);
+        }
+        let head = self.heads.split().freeze();
+        self.push(head);
+        let mut at = 0;
+        while at < len {
+            if at > 0 {
+                self.head_room();
+                self.heads.put_u8(0xC0 | csid); // format 3
+                if extended {
+                    self.heads.put_u32(ts);
+                }
+                let head = self.heads.split().freeze();
+                self.push(head);
+            }
+            let end = (at + self.chunk_size).min(len);
+            self.push(body.slice(at..end));
+            at = end;
+        }
+    }
+
+    fn head_room(&mut self) {
+        if self.heads.capacity() < 16 {
+            self.heads.reserve(1024);
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        self.queued += b.len();
+        self.segments.push(b);
+    }
+
+    /// Write every queued segment (vectored, partial writes resumed).
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        let mut i = 0;
+        while i < self.segments.len() {
+            let mut n = {
+                let mut io = [IoSlice::new(&[]); IOV];
+                let k = (self.segments.len() - i).min(IOV);
+                for (slot, seg) in io.iter_mut().zip(&self.segments[i..i + k]) {
+                    *slot = IoSlice::new(seg);
+                }
+                w.write_vectored(&io[..k]).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && i < self.segments.len() {
+                let seg = &mut self.segments[i];
+                if n >= seg.len() {
+                    n -= seg.len();
+                    i += 1;
+                } else {
+                    seg.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        self.segments.clear();
+        self.queued = 0;
+        if self.segments.capacity() > 4 * IOV {
+            self.segments.shrink_to(IOV);
+        }
+        Ok(())
+    }
+
+    /// The queued bytes in one buffer (tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.segments
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .collect()
+    }
+}
+
+/// A playing stream of a server session: media into [`MediaChunks`],
+/// metadata and the end of the stream through rml_rtmp (queued in order).
 pub struct ServerPlayback<'a> {
     pub session: &'a mut ServerSession,
     pub stream_id: u32,
+    pub chunks: &'a mut MediaChunks,
 }
 
 impl RtmpMediaSink for ServerPlayback<'_> {
     type Error = ServerSessionError;
 
-    fn metadata(&mut self, m: &StreamMetadata, out: &mut Vec<u8>) -> Result<(), Self::Error> {
-        out.extend_from_slice(&self.session.send_metadata(self.stream_id, m)?.bytes);
+    fn queued(&self, out: &[u8]) -> usize {
+        out.len() + self.chunks.queued()
+    }
+
+    fn metadata(&mut self, m: &StreamMetadata, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        let p = self.session.send_metadata(self.stream_id, m)?;
+        self.chunks.raw(&p.bytes);
         Ok(())
     }
 
-    fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
-        let p =
-            self.session
-                .send_video_data(self.stream_id, body, RtmpTimestamp::new(ts), false)?;
-        out.extend_from_slice(&p.bytes);
+    fn video(&mut self, ts: u32, body: Bytes, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        self.chunks.message(TYPE_VIDEO, self.stream_id, ts, body);
         Ok(())
     }
 
-    fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
-        let p =
-            self.session
-                .send_audio_data(self.stream_id, body, RtmpTimestamp::new(ts), false)?;
-        out.extend_from_slice(&p.bytes);
+    fn audio(&mut self, ts: u32, body: Bytes, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        self.chunks.message(TYPE_AUDIO, self.stream_id, ts, body);
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Self::Error> {
-        out.extend_from_slice(&self.session.finish_playing(self.stream_id)?.bytes);
+    fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        let p = self.session.finish_playing(self.stream_id)?;
+        self.chunks.raw(&p.bytes);
         Ok(())
     }
 }
@@ -160,9 +322,115 @@ pub fn write_player_items<S: RtmpMediaSink>(
             return Ok(false);
         }
         n += 1;
-        if n < BATCH && out.len() < BATCH_BYTES {
+        if n < BATCH && sink.queued(out) < BATCH_BYTES {
             next = items.try_recv().ok();
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use rml_rtmp::chunk_io::ChunkDeserializer;
+
+    use super::*;
+
+    fn body(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Parse what [`MediaChunks`] queued with rml_rtmp's own deserializer
+    /// (what the other end of a connection does).
+    fn parse(chunks: &MediaChunks, chunk_size: usize) -> Vec<(u8, u32, u32, Bytes)> {
+        let mut d = ChunkDeserializer::new();
+        d.set_max_chunk_size(chunk_size).unwrap();
+        let wire = chunks.to_vec();
+        let mut got = Vec::new();
+        let mut input: &[u8] = &wire;
+        while let Some(m) = d.get_next_message(input).unwrap() {
+            got.push((m.type_id, m.message_stream_id, m.timestamp.value, m.data));
+            input = &[];
+        }
+        got
+    }
+
+    #[test]
+    fn media_messages_chunk_and_parse_back() {
+        let mut c = MediaChunks::new(4096);
+        let sent = [
+            (TYPE_VIDEO, 1000, body(10_000, 1)),
+            (TYPE_AUDIO, 1010, body(300, 2)),
+            (TYPE_VIDEO, 1033, body(4096, 3)),
+            (TYPE_VIDEO, 1066, body(4097, 4)),
+            (TYPE_AUDIO, 1070, Bytes::new()),
+            // Past 4.6 hours: the extended timestamp, repeated in every
+            // continuation chunk.
+            (TYPE_VIDEO, 0x0100_0000, body(9_000, 5)),
+            (TYPE_AUDIO, EXTENDED_TS, body(50, 6)),
+        ];
+        for (t, ts, b) in &sent {
+            c.message(*t, 1, *ts, b.clone());
+        }
+        c.raw(&[]);
+        let total: usize = sent.iter().map(|s| s.2.len()).sum();
+        assert!(c.queued() > total);
+        let got = parse(&c, 4096);
+        assert_eq!(got.len(), sent.len());
+        for ((t, ts, b), (gt, sid, gts, gb)) in sent.iter().zip(&got) {
+            assert_eq!((t, ts, 1u32), (gt, gts, *sid));
+            assert_eq!(b, gb);
+        }
+    }
+
+    #[test]
+    fn payloads_are_shared_not_copied() {
+        let mut c = MediaChunks::new(4096);
+        let b = body(10_000, 9);
+        c.message(TYPE_VIDEO, 1, 0, b.clone());
+        // header, 4096, header, 4096, header, 1808: payload slices point
+        // into the original buffer.
+        let slices: Vec<&Bytes> = c.segments.iter().filter(|s| s.len() > 12).collect();
+        assert_eq!(slices.len(), 3);
+        assert_eq!(slices[0].as_ptr(), b.as_ptr());
+        assert_eq!(slices[2].as_ptr(), b[8192..].as_ptr());
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_resume_after_partial_writes() {
+        // A small pipe: the writer is blocked until the reader drains it,
+        // so writes come back partial.
+        let (mut tx, mut rx) = tokio::io::duplex(1000);
+        let mut c = MediaChunks::new(128);
+        for i in 0..20u32 {
+            c.message(TYPE_VIDEO, 1, i * 33, body(700 + i as usize * 13, i as u8));
+        }
+        let expect = c.to_vec();
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut all)
+                .await
+                .unwrap();
+            all
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), c.write_to(&mut tx))
+            .await
+            .expect("written within 10 s")
+            .unwrap();
+        assert!(c.is_empty());
+        assert_eq!(c.queued(), 0);
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), expect);
+        let mut d = ChunkDeserializer::new();
+        d.set_max_chunk_size(128).unwrap();
+        let mut n = 0;
+        let mut input: &[u8] = &expect;
+        while let Some(m) = d.get_next_message(input).unwrap() {
+            assert_eq!(m.timestamp.value, n * 33);
+            n += 1;
+            input = &[];
+        }
+        assert_eq!(n, 20);
+    }
 }

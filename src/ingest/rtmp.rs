@@ -28,7 +28,7 @@ use super::url::{parse_stream_key, StreamRequest};
 use super::IngestContext;
 use crate::auth::publish::AdmitError;
 use crate::domain::{FeedId, Priority};
-use crate::egress::rtmp::{recycle_out, write_player_items, ServerPlayback};
+use crate::egress::rtmp::{recycle_out, write_player_items, MediaChunks, ServerPlayback};
 use crate::engine::PlayerFormat;
 use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, PublishRefusal, SourceKey,
@@ -145,6 +145,8 @@ struct Connection<'a> {
     session: ServerSession,
     state: State,
     out: Vec<u8>,
+    /// A player's media messages, written after `out`.
+    chunks: MediaChunks,
     /// Bytes fed to the session since it last completed a message.
     pending_bytes: usize,
     /// Set when a request was refused because the node is draining: the
@@ -191,8 +193,10 @@ impl<'a> Connection<'a> {
         let remaining = tokio::time::timeout(hs_timeout, handshake(&mut sock, &mut buf))
             .await
             .map_err(|_| SessionError::HandshakeTimeout)??;
-        let (session, initial) = ServerSession::new(ServerSessionConfig::new())
-            .map_err(|e| SessionError::Protocol(format!("{e:?}")))?;
+        let config = ServerSessionConfig::new();
+        let chunk_size = config.chunk_size;
+        let (session, initial) =
+            ServerSession::new(config).map_err(|e| SessionError::Protocol(format!("{e:?}")))?;
         let mut conn = Connection {
             sock,
             peer,
@@ -200,6 +204,7 @@ impl<'a> Connection<'a> {
             session,
             state: State::Idle,
             out: Vec::new(),
+            chunks: MediaChunks::new(chunk_size),
             pending_bytes: 0,
             close_after_flush: false,
         };
@@ -329,6 +334,9 @@ impl<'a> Connection<'a> {
         if !self.out.is_empty() {
             self.sock.write_all(&self.out).await?;
             recycle_out(&mut self.out);
+        }
+        if !self.chunks.is_empty() {
+            self.chunks.write_to(&mut self.sock).await?;
         }
         Ok(())
     }
@@ -759,6 +767,7 @@ impl<'a> Connection<'a> {
         let mut sink = ServerPlayback {
             session: &mut self.session,
             stream_id: *stream_id,
+            chunks: &mut self.chunks,
         };
         write_player_items(&mut sink, first, items, &mut self.out)
             .map_err(|e| SessionError::Protocol(format!("{e:?}")))
