@@ -31,6 +31,10 @@ struct Round {
     proto: Option<Proto>,
     baseline_gap_ms: Vec<f64>,
     kill_gap_ms: Vec<f64>,
+    /// The gateway's own figure for each kill's switch (`last_switch.gap_ms`:
+    /// last frame out of the old feed → the switch), to tell the time spent
+    /// before the switch from the time to the player.
+    kill_engine_gap_ms: Vec<f64>,
     stall_gap_ms: Vec<f64>,
     /// Timestamp checks around the unplanned switches.
     unplanned: DtsCheckSum,
@@ -92,6 +96,10 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             ),
             format!("{}; {regress} dts regressions", k.brief("ms")),
             k.p99.map(|p99| p99 <= FRAME_MS + 50.0 && regress == 0),
+        ));
+        r.figures.push(Figure::info(
+            format!("gateway's switch gap at those kills (last frame out → switch, {p})"),
+            Summary::of(&rd.kill_engine_gap_ms).brief("ms"),
         ));
         let s = Summary::of(&rd.stall_gap_ms);
         r.figures.push(Figure::judged(
@@ -218,6 +226,18 @@ fn round(
         for p in &players {
             let frames = p.frames();
             rd.kill_gap_ms.extend(max_gap(&frames, t - 100.0, now_ms()));
+        }
+        for s in &streams {
+            let sw = gw
+                .stream(s)?
+                .map(|v| v["sources"][0]["last_switch"].clone())
+                .unwrap_or_default();
+            if sw["planned"] == false {
+                rd.kill_engine_gap_ms.extend(sw["gap_ms"].as_f64());
+            }
+        }
+        for p in &players {
+            let frames = p.frames();
             rd.unplanned
                 .add(dts_check(&frames, t - 100.0, now_ms(), FRAME_MS));
         }
