@@ -245,16 +245,15 @@ async fn publish(
         } else {
             let fx = &cfg.fixture.ts;
             let lap_ms = lap * u64::from(fx.duration_ms);
-            let data = fx.shifted(lap_ms + base_ms);
             for &(t, off) in &fx.chunks {
                 let at = u64::from(t) + lap_ms;
                 if !pace(start, at, cfg.batch, mode).await {
                     return Ok(());
                 }
-                let end = (off + 7 * 188).min(data.len());
+                let end = (off + 7 * 188).min(fx.packets.len());
                 session
                     .send(PlayerItem::Ts {
-                        data: data.slice(off..end),
+                        data: fx.chunk(off, end, lap, lap_ms + base_ms),
                         keyframe: false,
                     })
                     .await?;

@@ -1,10 +1,11 @@
 //! The media the encoders publish: FLV (RTMP) and MPEG-TS (SRT) files made
 //! once by `scripts/loadtest-fixtures.sh`, loaded once into memory and
 //! shared by every encoder (`Bytes` slices of one buffer: publishing never
-//! copies or re-encodes media).
+//! re-encodes media, and copies only the TS chunks of later laps).
 //!
 //! Both files are 10 s long and loop; each loop is shifted by the file's
-//! duration so a feed's timestamps only ever go forward.
+//! duration so a feed's timestamps only ever go forward, and TS laps carry
+//! on the continuity counters so the seam does not look like packet loss.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,6 +69,8 @@ pub struct TsFixture {
     /// (ms since the start, byte offset of a 7-packet chunk).
     pub chunks: Vec<(u32, usize)>,
     pub duration_ms: u32,
+    /// Per PID: its continuity counter's advance over the file (mod 16).
+    pub cc_steps: Vec<(u16, u8)>,
 }
 
 /// Both files of one quality.
@@ -155,6 +158,11 @@ pub fn parse_flv(data: Bytes) -> Result<FlvFixture> {
         bail!("the FLV file has no video");
     }
     let duration_ms = last + 33;
+    // The encoder's audio runs on past the last video frame (here ~80 ms).
+    // Sent at their times, those tags would hold the next lap's first
+    // keyframe back by as much, a freeze of the encoder's own at every
+    // seam; a lap ends where its video does.
+    tags.retain(|t| t.ts < duration_ms);
     Ok(FlvFixture {
         tags,
         duration_ms,
@@ -226,11 +234,16 @@ pub fn parse_ts(data: Bytes) -> Result<TsFixture> {
                 }
             }
         }
-        if i % 7 == 0 {
-            chunks.push((now_ms, i * 188));
+        // A chunk goes out when its newest video PES is due (a live
+        // encoder sends a frame's packets once it has the frame): timed by
+        // the header before it instead, a chunk holding the start of frame
+        // k+1 would go out a frame early, and frames would arrive in pairs.
+        if i % 7 == 6 || i + 1 == n {
+            chunks.push((now_ms, i / 7 * 7 * 188));
         }
     }
     Ok(TsFixture {
+        cc_steps: cc_steps(&data[..n * 188]),
         packets: data.slice(..n * 188),
         chunks,
         duration_ms: max_ms + 33,
@@ -238,18 +251,26 @@ pub fn parse_ts(data: Bytes) -> Result<TsFixture> {
 }
 
 impl TsFixture {
-    /// The packets with every PTS, DTS and PCR moved `shift_ms` later: the
-    /// copy a looping encoder sends on its next lap (one copy per lap, not
-    /// per frame).
-    pub fn shifted(&self, shift_ms: u64) -> Bytes {
-        if shift_ms == 0 {
-            return self.packets.clone();
+    /// The 7-packet chunk at `off..end` as a looping encoder sends it on lap
+    /// `lap`: every PTS, DTS and PCR moved `shift_ms` later and the
+    /// continuity counters continued from the previous lap, so that the
+    /// file's end and start join like a live stream instead of looking like
+    /// lost packets. Lap 0 unshifted is the file itself (no copy); otherwise
+    /// one chunk is copied, so no lap costs a whole-file copy at once.
+    pub fn chunk(&self, off: usize, end: usize, lap: u64, shift_ms: u64) -> Bytes {
+        if lap == 0 && shift_ms == 0 {
+            return self.packets.slice(off..end);
         }
-        let mut out = self.packets.to_vec();
+        let mut out = self.packets[off..end].to_vec();
         let d90 = shift_ms * 90;
         for pkt in out.chunks_exact_mut(188) {
+            let pid = u16::from(pkt[1] & 0x1f) << 8 | u16::from(pkt[2]);
+            if let Some(&(_, step)) = self.cc_steps.iter().find(|(p, _)| *p == pid) {
+                let add = ((lap % 16) as u8).wrapping_mul(step);
+                pkt[3] = (pkt[3] & 0xf0) | ((pkt[3] & 0x0f).wrapping_add(add) & 0x0f);
+            }
             let afc = (pkt[3] >> 4) & 3;
-            if afc & 2 != 0 && pkt[4] >= 7 && pkt[5] & 0x10 != 0 {
+            if d90 != 0 && afc & 2 != 0 && pkt[4] >= 7 && pkt[5] & 0x10 != 0 {
                 let b = &mut pkt[6..12];
                 let base = u64::from(b[0]) << 25
                     | u64::from(b[1]) << 17
@@ -263,10 +284,12 @@ impl TsFixture {
                 b[3] = (nb >> 1) as u8;
                 b[4] = (b[4] & 0x7f) | (((nb & 1) as u8) << 7);
             }
-            if let Some((pts, dts, _)) = pes_times(pkt) {
-                for off in [pts, dts].into_iter().flatten() {
-                    let v = read_ts33(&pkt[off..off + 5]);
-                    write_ts33(&mut pkt[off..off + 5], v + d90);
+            if d90 != 0 {
+                if let Some((pts, dts, _)) = pes_times(pkt) {
+                    for off in [pts, dts].into_iter().flatten() {
+                        let v = read_ts33(&pkt[off..off + 5]);
+                        write_ts33(&mut pkt[off..off + 5], v + d90);
+                    }
                 }
             }
         }
@@ -274,9 +297,66 @@ impl TsFixture {
     }
 }
 
+/// Per PID with payload packets, how far its continuity counter advances
+/// over the whole file (mod 16): lap `n` adds `n ×` that to every counter.
+fn cc_steps(data: &[u8]) -> Vec<(u16, u8)> {
+    // (pid, first cc, last cc)
+    let mut seen: Vec<(u16, u8, u8)> = Vec::new();
+    for pkt in data.chunks_exact(188) {
+        if pkt[0] != 0x47 || (pkt[3] >> 4) & 1 == 0 {
+            continue; // no payload: the counter does not advance
+        }
+        let pid = u16::from(pkt[1] & 0x1f) << 8 | u16::from(pkt[2]);
+        let cc = pkt[3] & 0x0f;
+        match seen.iter_mut().find(|(p, _, _)| *p == pid) {
+            Some(e) => e.2 = cc,
+            None => seen.push((pid, cc, cc)),
+        }
+    }
+    seen.into_iter()
+        .map(|(pid, first, last)| (pid, last.wrapping_add(1).wrapping_sub(first) & 0x0f))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn laps_continue_the_continuity_counters() {
+        // PID 0x100: payload packets with counters 5, 6, 7 and one
+        // adaptation-only packet (does not advance); PID 0: counter 0.
+        let mut f = Vec::new();
+        for (pid, afc_cc) in [
+            (0x100u16, 0x15u8),
+            (0x100, 0x16),
+            (0, 0x10),
+            (0x100, 0x27),
+            (0x100, 0x17),
+        ] {
+            let mut pkt = vec![0xffu8; 188];
+            pkt[0] = 0x47;
+            pkt[1] = (pid >> 8) as u8;
+            pkt[2] = pid as u8;
+            pkt[3] = afc_cc;
+            pkt[4] = 0; // (adaptation length where there is one)
+            f.extend_from_slice(&pkt);
+        }
+        let data = Bytes::from(f);
+        let fx = TsFixture {
+            cc_steps: cc_steps(&data),
+            packets: data,
+            chunks: vec![(0, 0)],
+            duration_ms: 33,
+        };
+        assert_eq!(fx.cc_steps, vec![(0x100, 3), (0, 1)]);
+        let cc = |b: &Bytes| b.chunks(188).map(|p| p[3] & 0x0f).collect::<Vec<_>>();
+        assert_eq!(cc(&fx.chunk(0, 5 * 188, 0, 0)), vec![5, 6, 0, 7, 7]);
+        // Lap 1 starts where lap 0 ended (8 after 7; 1 after 0).
+        assert_eq!(cc(&fx.chunk(0, 5 * 188, 1, 0)), vec![8, 9, 1, 10, 10]);
+        // Lap 6 wraps mod 16: 5 + 18 = 23 → 7.
+        assert_eq!(cc(&fx.chunk(0, 188, 6, 0)), vec![7]);
+    }
 
     #[test]
     fn ts33_round_trip() {
@@ -294,6 +374,7 @@ mod tests {
         for (kind, ts, body) in [
             (9u8, 0u32, &[0x17u8, 0, 0, 0, 0][..]),
             (9, 1000, &[0x17, 1, 0, 0, 0, 9]),
+            (8, 1040, &[0xaf, 1, 0x21]), // audio past the last video: cut
         ] {
             f.push(kind);
             f.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);

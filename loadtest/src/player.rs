@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use primacy::client::{self, ClientOptions, ClientUrl, Counter};
 use primacy::engine::FeedMedia;
@@ -14,12 +14,21 @@ use primacy::media::Track;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The load test's clock origin: every arrival time is ms since this.
-static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// The load test's clock origin: every arrival time is ms since this; the
+/// wall-clock time beside it places the gateway's own timestamps (switch
+/// records) on the same clock.
+static T0: LazyLock<(Instant, SystemTime)> = LazyLock::new(|| (Instant::now(), SystemTime::now()));
 
 /// Milliseconds since the load test's clock origin.
 pub fn now_ms() -> f64 {
-    T0.elapsed().as_secs_f64() * 1000.0
+    T0.0.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A wall-clock time of this machine (e.g. a gateway's switch record) in
+/// ms on the load test's clock.
+pub fn wall_ms(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    let t0: chrono::DateTime<chrono::Utc> = T0.1.into();
+    (t - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
 
 /// One received video frame.
@@ -245,13 +254,18 @@ async fn run(
 /// arrived in `[from, to]` (ms since the clock origin); the frame just
 /// before `from` counts, so a freeze starting at `from` is seen whole.
 pub fn max_gap(frames: &[FrameRec], from: f64, to: f64) -> Option<f64> {
+    max_gap_at(frames, from, to).map(|(gap, _)| gap)
+}
+
+/// [`max_gap`] and the frame that ended it (where the freeze was).
+pub fn max_gap_at(frames: &[FrameRec], from: f64, to: f64) -> Option<(f64, FrameRec)> {
     let start = frames.partition_point(|f| f.at < from).saturating_sub(1);
     let end = frames.partition_point(|f| f.at <= to);
     frames
         .get(start..end)?
         .windows(2)
-        .map(|w| w[1].at - w[0].at)
-        .max_by(|a, b| a.total_cmp(b))
+        .map(|w| (w[1].at - w[0].at, w[1]))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// Timestamp checks over a recording.

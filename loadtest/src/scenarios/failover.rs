@@ -17,7 +17,7 @@ use super::{encoder, play_url, publish_url, sleep_ms, stop_all, wait_frames, Ctx
 use crate::encoder::Encoder;
 use crate::fixtures::Quality;
 use crate::gateway::{Gateway, Settings};
-use crate::player::{dts_check, max_gap, now_ms, DtsCheck, Player};
+use crate::player::{dts_check, max_gap, max_gap_at, now_ms, wall_ms, DtsCheck, FrameRec, Player};
 use crate::plot;
 use crate::report::{Figure, ScenarioReport};
 use crate::stats::Summary;
@@ -35,12 +35,27 @@ struct Round {
     /// last frame out of the old feed → the switch), to tell the time spent
     /// before the switch from the time to the player.
     kill_engine_gap_ms: Vec<f64>,
+    /// Per kill and player: (freeze, when the frame that ended it arrived,
+    /// ms after the kill): a freeze at the switch ends within a few frames
+    /// of the kill; a larger one elsewhere in the window is not the switch's.
+    kill_gap_end_ms: Vec<(f64, f64)>,
     stall_gap_ms: Vec<f64>,
     /// Timestamp checks around the unplanned switches.
     unplanned: DtsCheckSum,
     /// Timestamp checks around the failbacks (planned switches).
     planned: DtsCheckSum,
     failbacks: u64,
+    /// When each failback went on air (the switch record's `at`, on the
+    /// players' clock), and each planned-window step's arrival relative to
+    /// its source's failback (ms, negative before it): tells a step made by the cut
+    /// from one made elsewhere (transport, demux).
+    failback_at_ms: Vec<f64>,
+    planned_step_offset_ms: Vec<f64>,
+    /// The recorded frames around each planned-window step (a few).
+    planned_step_frames: Vec<Vec<FrameRec>>,
+    /// The feeds of each source at the end of the round, as the streams
+    /// API shows them (SRT statistics: loss, retransmissions, drops).
+    feeds_at_end: Vec<serde_json::Value>,
 }
 
 #[derive(Default, serde::Serialize)]
@@ -123,6 +138,18 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             ),
             Some(rd.planned.lost_frames == 0 && rd.planned.regressions == 0),
         ));
+        if !rd.planned_step_offset_ms.is_empty() {
+            let at: Vec<String> = rd
+                .planned_step_offset_ms
+                .iter()
+                .take(12)
+                .map(|o| format!("{o:+.0}"))
+                .collect();
+            r.figures.push(Figure::info(
+                format!("{p} failback steps: arrival − that source's switch"),
+                format!("{} ms", at.join(", ")),
+            ));
+        }
         r.figures.push(Figure::info(
             format!("{p} player's largest gap with no switch (baseline)"),
             super::ms(rd.baseline_gap_ms.iter().copied().reduce(f64::max)),
@@ -203,14 +230,38 @@ fn round(
     };
     let failback = |rd: &mut Round, t: f64| -> Result<()> {
         // Back on the primary: hold + up to one GOP + margin.
+        // Per source (player i plays streams[i]).
+        let mut at = Vec::new();
         for s in &streams {
             gw.wait_on_air(s, 2, Some(&hi.id), Duration::from_secs(10))?;
+            let sw = gw
+                .stream(s)?
+                .map(|v| v["sources"][0]["last_switch"].clone())
+                .unwrap_or_default();
+            let t = sw["at"].as_str().and_then(|a| a.parse().ok());
+            at.push(t.filter(|_| sw["planned"] == true).map(wall_ms));
         }
         sleep_ms(300);
-        for p in &players {
-            rd.planned
-                .add(dts_check(&p.frames(), t, now_ms(), FRAME_MS));
+        for (p, at) in players.iter().zip(&at) {
+            let frames = p.frames();
+            let c = dts_check(&frames, t, now_ms(), FRAME_MS);
+            for st in c
+                .steps
+                .iter()
+                .take(8usize.saturating_sub(rd.planned_step_frames.len()))
+            {
+                if let Some(i) = frames.iter().position(|f| f.at == st.0) {
+                    rd.planned_step_frames
+                        .push(frames[i.saturating_sub(4)..(i + 3).min(frames.len())].to_vec());
+                }
+            }
+            if let Some(a) = at {
+                rd.planned_step_offset_ms
+                    .extend(c.steps.iter().map(|st| st.0 - a));
+            }
+            rd.planned.add(c);
         }
+        rd.failback_at_ms.extend(at.into_iter().flatten());
         rd.failbacks += streams.len() as u64;
         Ok(())
     };
@@ -225,7 +276,10 @@ fn round(
         sleep_ms(1200);
         for p in &players {
             let frames = p.frames();
-            rd.kill_gap_ms.extend(max_gap(&frames, t - 100.0, now_ms()));
+            if let Some((gap, end)) = max_gap_at(&frames, t - 100.0, now_ms()) {
+                rd.kill_gap_ms.push(gap);
+                rd.kill_gap_end_ms.push((gap, end.at - t));
+            }
         }
         for s in &streams {
             let sw = gw
@@ -266,6 +320,10 @@ fn round(
         sleep_ms(300);
         restart(&mut primaries)?;
         failback(&mut rd, now_ms())?;
+    }
+    for s in &streams {
+        rd.feeds_at_end
+            .extend(gw.stream(s)?.map(|v| v["sources"][0]["feeds"].clone()));
     }
     let mut encoders = backups;
     encoders.extend(primaries.into_iter().flatten());
