@@ -202,6 +202,13 @@ pub struct SrtConfig {
     pub idle_timeout_ms: u64,
     /// Players must put a publish token allowed for the stream in `s=`.
     pub play_requires_token: bool,
+    /// Kernel receive and send buffer of the listener's UDP socket (shared
+    /// by every SRT connection of the node) and of the node's own SRT
+    /// client sockets (pull inputs, cluster relays). Keyframes of many
+    /// feeds arrive in bursts; a small buffer drops packets that the
+    /// retransmissions may not repair in time. Capped by the kernel at
+    /// `net.core.rmem_max` / `wmem_max` (logged at start when it is).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for SrtConfig {
@@ -211,6 +218,7 @@ impl Default for SrtConfig {
             max_bitrate_kbps: 20_000,
             idle_timeout_ms: 10_000,
             play_requires_token: false,
+            udp_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -688,6 +696,12 @@ impl Config {
         if self.srt.idle_timeout_ms == 0 {
             return Err(invalid("srt.idle_timeout_ms", "must be greater than 0"));
         }
+        if !(64 * 1024..=64 << 20).contains(&self.srt.udp_buffer_bytes) {
+            return Err(invalid(
+                "srt.udp_buffer_bytes",
+                "must be between 65536 and 67108864",
+            ));
+        }
         let e = &self.election;
         if e.flap_count == 0 {
             return Err(invalid("election.flap_count", "must be at least 1"));
@@ -991,6 +1005,9 @@ mod tests {
         assert!(e.to_string().contains("auth.signing_keys[0].secret"), "{e}");
         let e = Config::load_from(None, env(&[("PRIMACY_BOGUS", "1")])).unwrap_err();
         assert!(e.to_string().contains("PRIMACY_BOGUS"), "{e}");
+        let e =
+            Config::load_from(None, env(&[("PRIMACY_SRT__UDP_BUFFER_BYTES", "4096")])).unwrap_err();
+        assert!(e.to_string().contains("srt.udp_buffer_bytes"), "{e}");
     }
 
     #[test]

@@ -431,9 +431,8 @@ async fn bind_srt(
         source,
     };
     // Bound here so the chosen address is known (port 0 in tests).
-    let udp = tokio::net::UdpSocket::bind(config.listen.srt)
-        .await
-        .map_err(bind_err)?;
+    let udp =
+        ingest::srt::bind_udp(config.listen.srt, config.srt.udp_buffer_bytes).map_err(bind_err)?;
     let addr = udp.local_addr().map_err(bind_err)?;
     let buffer = config.srt.sender_buffer_bytes();
     let (listener, incoming) = srt_tokio::SrtListener::builder()

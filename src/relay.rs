@@ -48,6 +48,7 @@ impl RelayContext {
                 connect_timeout: Duration::from_millis(config.relay.connect_timeout_ms),
                 handshake_timeout: Duration::from_millis(config.relay.handshake_timeout_ms),
                 srt_latency: Duration::from_millis(config.srt.latency_ms),
+                srt_udp_buffer_bytes: config.srt.udp_buffer_bytes,
                 ..ClientOptions::default()
             },
         }

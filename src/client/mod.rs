@@ -51,6 +51,9 @@ pub struct ClientOptions {
     pub no_input_timeout: Duration,
     /// SRT latency when the URL has no `latency=`.
     pub srt_latency: Duration,
+    /// Kernel receive/send buffer of an SRT client's own UDP socket
+    /// (srt-tokio's default, 64 KiB, is less than one HD keyframe).
+    pub srt_udp_buffer_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +63,7 @@ impl Default for ClientOptions {
             handshake_timeout: Duration::from_secs(5),
             no_input_timeout: Duration::from_secs(10),
             srt_latency: Duration::from_millis(120),
+            srt_udp_buffer_bytes: 4 << 20,
         }
     }
 }

@@ -30,11 +30,14 @@ impl SrtClient {
         let authority = super::ClientUrl::Srt(url.clone()).authority();
         let connect_timeout = opts.connect_timeout;
         let idle = opts.no_input_timeout.max(Duration::from_secs(1));
+        let udp = srt_tokio::options::ByteCount(opts.srt_udp_buffer_bytes as u64);
         let mut builder = SrtSocket::builder()
             .latency(url.latency.unwrap_or(opts.srt_latency))
             .set(|o| {
                 o.connect.timeout = connect_timeout;
                 o.session.peer_idle_timeout = idle;
+                o.connect.udp_recv_buffer_size = udp;
+                o.connect.udp_send_buffer_size = udp;
             });
         if let Some(p) = &url.passphrase {
             builder = builder.encryption(0, p.clone());

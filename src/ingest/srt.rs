@@ -30,6 +30,47 @@ use crate::engine::{
 };
 use crate::media::ts::mux::chunk_1316;
 
+/// Bind the listener's UDP socket with kernel receive and send buffers of
+/// `bytes` (`srt.udp_buffer_bytes`). One socket carries every SRT
+/// connection of the node, and tokio's `UdpSocket::bind` leaves the
+/// system default (about 208 KiB on Linux, roughly 90 full packets), which
+/// a few simultaneous keyframes overflow. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max`; a capped buffer is logged once.
+pub fn bind_udp(
+    addr: std::net::SocketAddr,
+    bytes: usize,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A refused size is not fatal: the kernel default still works.
+    let _ = socket.set_recv_buffer_size(bytes);
+    let _ = socket.set_send_buffer_size(bytes);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // Linux reports twice the size it granted (the bookkeeping overhead).
+    let granted = |got: usize| {
+        if cfg!(target_os = "linux") {
+            got / 2
+        } else {
+            got
+        }
+    };
+    let recv = socket.recv_buffer_size().map(granted).unwrap_or(0);
+    let send = socket.send_buffer_size().map(granted).unwrap_or(0);
+    if recv < bytes || send < bytes {
+        tracing::warn!(
+            requested = bytes,
+            recv,
+            send,
+            "SRT UDP buffers capped by the kernel: raise net.core.rmem_max and net.core.wmem_max \
+             to at least srt.udp_buffer_bytes, or bursts of many feeds may lose packets"
+        );
+    } else {
+        tracing::debug!(recv, send, "SRT UDP buffers");
+    }
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 /// SRT reject codes (libsrt's predefined range: 1000 + HTTP-like status).
 pub mod codes {
     pub const MALFORMED: i32 = 1400;
