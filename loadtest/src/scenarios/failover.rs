@@ -1,6 +1,8 @@
 //! `failover`: N sources, each with a primary (priority 100) and a backup
-//! (50) encoder and one recording player, per protocol (RTMP encoders →
-//! RTMP player, SRT encoders → SRT player). The primaries are killed
+//! (50) encoder and one recording player, in three rounds: RTMP encoders →
+//! RTMP player, SRT encoders → SRT player, and mixed redundancy (RTMP
+//! primary, SRT backup, half the sources played over RTMP and half over
+//! SRT). The primaries are killed
 //! (connection dropped) repeatedly at a random phase of the GOP: the
 //! player-visible freeze is the largest gap between video frames around
 //! each kill. Then they are stalled (connection open, nothing sent): the
@@ -28,7 +30,10 @@ const FRAME_MS: f64 = 1000.0 / 30.0;
 
 #[derive(Default, serde::Serialize)]
 struct Round {
-    proto: Option<Proto>,
+    /// "RTMP", "SRT" or "mixed".
+    label: String,
+    /// How the encoders and players of the round speak.
+    setup: String,
     baseline_gap_ms: Vec<f64>,
     kill_gap_ms: Vec<f64>,
     /// The gateway's own figure for each kill's switch (`last_switch.gap_ms`:
@@ -92,23 +97,30 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             .set("PRIMACY_ELECTION__FEED_TIMEOUT_MS", FEED_TIMEOUT_MS),
         "failover",
     )?;
-    let protos: Vec<Proto> = ctx.pick(vec![Proto::Rtmp, Proto::Srt], vec![Proto::Rtmp]);
+    use Proto::{Rtmp, Srt};
+    // (primary, backup, players by source): one protocol throughout, then
+    // mixed redundancy (RTMP primary, SRT backup, RTMP and SRT players).
+    let setups: Vec<Setup> = ctx.pick(
+        vec![
+            (Rtmp, Rtmp, &[Rtmp][..]),
+            (Srt, Srt, &[Srt][..]),
+            (Rtmp, Srt, &[Rtmp, Srt][..]),
+        ],
+        vec![(Rtmp, Rtmp, &[Rtmp][..])],
+    );
     let mut rounds = Vec::new();
-    for proto in protos {
-        rounds.push(round(ctx, &gw, proto, sources, kills, stalls, &fx)?);
+    for setup in setups {
+        rounds.push(round(ctx, &gw, setup, sources, kills, stalls, &fx)?);
     }
 
     let mut cdf = Vec::new();
     for rd in &rounds {
-        let p = rd.proto.map_or("?", Proto::name);
+        let p = rd.label.as_str();
         let k = Summary::of(&rd.kill_gap_ms);
         let regress = rd.unplanned.regressions;
         r.figures.push(Figure::judged(
             "kill",
-            format!(
-                "freeze, primary killed, {p} encoders → {p} player ({} kills)",
-                k.n
-            ),
+            format!("freeze, primary killed, {} ({} kills)", rd.setup, k.n),
             format!("{}; {regress} dts regressions", k.brief("ms")),
             k.p99.map(|p99| p99 <= FRAME_MS + 50.0 && regress == 0),
         ));
@@ -168,23 +180,49 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
         Err(e) => r.notes.push(format!("plot: {e:#}")),
     }
     r.notes.push(format!(
-        "{sources} sources per protocol, 720p30 ~2.65 Mbit/s 1 s GOP; failback_hold {FAILBACK_HOLD_MS} ms; \
+        "{sources} sources per round, 720p30 ~2.65 Mbit/s 1 s GOP; failback_hold {FAILBACK_HOLD_MS} ms; \
          a kill drops the encoder's connection without a goodbye (for SRT the client's socket close)"
     ));
     r.details = json!({ "rounds": rounds });
     Ok(r)
 }
 
+/// Primary's and backup's protocol, and the players' (source i gets
+/// `players[i % len]`).
+type Setup = (Proto, Proto, &'static [Proto]);
+
 fn round(
     ctx: &Ctx,
     gw: &Gateway,
-    proto: Proto,
+    (pri, bak, play): Setup,
     sources: usize,
     kills: usize,
     stalls: usize,
     fx: &crate::fixtures::Fixture,
 ) -> Result<Round> {
-    let tag = proto.name().to_lowercase();
+    let mixed = pri != bak || play.iter().any(|p| *p != pri);
+    let label = if mixed {
+        "mixed".to_string()
+    } else {
+        pri.name().to_string()
+    };
+    let names_of = |ps: &[Proto]| {
+        ps.iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let setup = if mixed {
+        format!(
+            "{} primary, {} backup → {} players",
+            pri.name(),
+            bak.name(),
+            names_of(play)
+        )
+    } else {
+        format!("{label} encoders → {label} player")
+    };
+    let tag = label.to_lowercase();
     let streams: Vec<String> = (0..sources).map(|i| format!("fo-{tag}-{i}")).collect();
     let names: Vec<&str> = streams.iter().map(String::as_str).collect();
     let hi = gw.token("primary", &names, Some(100))?;
@@ -193,24 +231,22 @@ fn round(
     let mut primaries: Vec<Option<Encoder>> = Vec::new();
     let mut players = Vec::new();
     for s in &streams {
-        backups.push(encoder(ctx, publish_url(gw, proto, s, &lo.secret)?, fx));
+        backups.push(encoder(ctx, publish_url(gw, bak, s, &lo.secret)?, fx));
     }
     for s in &streams {
         gw.wait_on_air(s, 1, None, Duration::from_secs(20))?;
-        primaries.push(Some(encoder(
-            ctx,
-            publish_url(gw, proto, s, &hi.secret)?,
-            fx,
-        )));
+        primaries.push(Some(encoder(ctx, publish_url(gw, pri, s, &hi.secret)?, fx)));
     }
-    for s in &streams {
+    for (i, s) in streams.iter().enumerate() {
         gw.wait_on_air(s, 2, Some(&hi.id), Duration::from_secs(20))?;
-        players.push(Player::spawn(&ctx.rt, play_url(gw, proto, s)?, true));
+        let p = play[i % play.len()];
+        players.push(Player::spawn(&ctx.rt, play_url(gw, p, s)?, true));
     }
     let refs: Vec<&Player> = players.iter().collect();
     wait_frames(&refs, 45, Duration::from_secs(20))?;
     let mut rd = Round {
-        proto: Some(proto),
+        label,
+        setup,
         ..Round::default()
     };
     // Baseline: quiet windows, no switch.
@@ -224,7 +260,7 @@ fn round(
     }
     let restart = |primaries: &mut Vec<Option<Encoder>>| -> Result<()> {
         for (i, s) in streams.iter().enumerate() {
-            primaries[i] = Some(encoder(ctx, publish_url(gw, proto, s, &hi.secret)?, fx));
+            primaries[i] = Some(encoder(ctx, publish_url(gw, pri, s, &hi.secret)?, fx));
         }
         Ok(())
     };
