@@ -71,6 +71,43 @@ impl ProcStat {
     }
 }
 
+/// How many of `pid`'s descriptors are TCP connections to remote port
+/// `port` (e.g. its PostgreSQL pool), from the socket inodes of
+/// `/proc/PID/fd` and the process's `/proc/PID/net/tcp{,6}`.
+pub fn tcp_to_port(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let mut n = 0;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(rem), Some(inode)) = (f.get(2), f.get(9)) else {
+                continue;
+            };
+            let rport = rem
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            let inode: Option<u64> = inode.parse().ok();
+            if rport == Some(port) && inode.is_some_and(|i| inodes.contains(&i)) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// The CPU-seconds of this process (the load generator itself).
 pub fn own() -> ProcStat {
     ProcStat::read(std::process::id()).unwrap_or_default()

@@ -98,7 +98,7 @@ impl Drop for Proxy {
 }
 
 /// `host:port` of a PostgreSQL URL.
-fn authority(url: &str) -> Option<String> {
+pub(super) fn authority(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let auth = rest.split('/').next()?;
