@@ -218,7 +218,7 @@ impl Default for SrtConfig {
             max_bitrate_kbps: 20_000,
             idle_timeout_ms: 10_000,
             play_requires_token: false,
-            udp_buffer_bytes: 4 << 20,
+            udp_buffer_bytes: crate::client::SRT_UDP_BUFFER_BYTES,
         }
     }
 }

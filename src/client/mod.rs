@@ -39,7 +39,10 @@ pub use url::{ClientUrl, RtmpUrl, SrtUrl, UrlError};
 
 use crate::engine::{FeedMedia, PlayerFormat, PlayerItem};
 
-/// Time limits of a client session.
+/// Default kernel buffer of an SRT UDP socket (`srt.udp_buffer_bytes`).
+pub const SRT_UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Time limits and socket sizes of a client session.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// TCP connect (RTMP) or the whole SRT handshake.
@@ -63,7 +66,7 @@ impl Default for ClientOptions {
             handshake_timeout: Duration::from_secs(5),
             no_input_timeout: Duration::from_secs(10),
             srt_latency: Duration::from_millis(120),
-            srt_udp_buffer_bytes: 4 << 20,
+            srt_udp_buffer_bytes: SRT_UDP_BUFFER_BYTES,
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Settings {
     pub ack_timeout: Duration,
     pub prefetch_runner_up: bool,
     pub preferred_region: Option<String>,
+    /// `srt.udp_buffer_bytes`, for the relays' SRT client sockets.
+    pub srt_udp_buffer_bytes: usize,
 }
 
 impl Settings {
@@ -78,6 +80,7 @@ impl Settings {
             ack_timeout: Duration::from_millis(k.ack_timeout_ms),
             prefetch_runner_up: k.prefetch_runner_up,
             preferred_region: k.preferred_region.clone(),
+            srt_udp_buffer_bytes: c.srt.udp_buffer_bytes,
         }
     }
 }

@@ -97,6 +97,7 @@ async fn relay(inner: Arc<Inner>, w: WantedMirror, addr: String, cancel: Cancell
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
         no_input_timeout: Duration::from_millis(1_500),
+        srt_udp_buffer_bytes: inner.settings.srt_udp_buffer_bytes,
         ..ClientOptions::default()
     };
     let gauge = |state: &str, d: i64| {

@@ -265,8 +265,8 @@ fn round(
         Ok(())
     };
     let failback = |rd: &mut Round, t: f64| -> Result<()> {
-        // Back on the primary: hold + up to one GOP + margin.
-        // Per source (player i plays streams[i]).
+        // Back on the primary: hold + up to one GOP + margin. `at[i]`: when
+        // streams[i] (played by players[i]) switched, if by a planned cut.
         let mut at = Vec::new();
         for s in &streams {
             gw.wait_on_air(s, 2, Some(&hi.id), Duration::from_secs(10))?;
