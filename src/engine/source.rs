@@ -1066,17 +1066,37 @@ impl Source {
     }
 
     /// Remote feeds this node should mirror: the primary when it is remote
-    /// and someone watches here, and (`runner_up`) the best other remote feed.
+    /// and someone watches here, (`runner_up`) the best other remote feed,
+    /// and every remote feed whose relay is broken while its node still
+    /// reports it eligible. The last keeps the broken relay retrying (and
+    /// the feed unavailable here) until it recovers or leaves the registry:
+    /// stopping it would forget the breakage, make the feed look available
+    /// again, elect it back and stop the relay to its replacement, over and
+    /// over, until its node's lease expired.
     pub fn wanted_mirrors(&self, runner_up: bool, out: &mut Vec<(SourceKey, FeedId, String)>) {
         if self.players.is_empty() {
             return;
         }
+        let first = out.len();
+        for (id, slot) in &self.feeds {
+            if let Some(o) = slot.origin.as_ref() {
+                if o.relay == Some(super::RelayState::Retrying) && o.eligible_since.is_some() {
+                    out.push((self.key.clone(), *id, o.node.clone()));
+                }
+            }
+        }
+        let broken = out.len();
+        let wanted = |out: &Vec<(SourceKey, FeedId, String)>, feed: FeedId| {
+            out[first..broken].iter().any(|(_, f, _)| *f == feed)
+        };
         let states = self.election.feeds();
         let primary = self.election.primary();
         // The feed still on air during a planned switch away from it.
         if let Some(on) = self.on_air.as_ref().filter(|o| Some(o.feed) != primary) {
             if let Some(o) = self.feeds.get(&on.feed).and_then(|f| f.origin.as_ref()) {
-                out.push((self.key.clone(), on.feed, o.node.clone()));
+                if !wanted(out, on.feed) {
+                    out.push((self.key.clone(), on.feed, o.node.clone()));
+                }
             }
         }
         let mut taken = 0;
@@ -1092,7 +1112,9 @@ impl Source {
                 taken += 1;
             }
             if let Some(o) = self.feeds.get(&st.feed).and_then(|f| f.origin.as_ref()) {
-                out.push((self.key.clone(), st.feed, o.node.clone()));
+                if !wanted(out, st.feed) {
+                    out.push((self.key.clone(), st.feed, o.node.clone()));
+                }
             }
         }
     }

@@ -100,6 +100,47 @@ fn remote_primary_goes_on_air_when_its_mirror_delivers_a_keyframe() {
     assert_monotonic(&drain(&mut p));
 }
 
+/// The feeds `h` wants mirrored (no runner-up prefetch).
+fn wanted(h: &H) -> Vec<FeedId> {
+    let mut out = Vec::new();
+    h.src.wanted_mirrors(false, &mut out);
+    out.into_iter().map(|(_, f, _)| f).collect()
+}
+
+#[test]
+fn a_broken_relay_keeps_retrying_beside_its_replacement_until_it_recovers() {
+    let mut h = H::new();
+    let _p = h.player(4096);
+    // Remote B (100) on air through its mirror; remote C (50) is the backup.
+    h.remote(spec(B, 100), 0);
+    h.remote(spec(C, 50), 0);
+    h.run_to(1_010);
+    assert_eq!(wanted(&h), vec![fid(B)]);
+    h.mirror(B);
+    h.run_until(100, |h| h.primary() == Some(B));
+    // B's node dies: its relay breaks, C is elected and mirrored, and B
+    // stays wanted (retrying) so that it stays unavailable here: were it
+    // dropped, it would look available again and be elected back.
+    h.src
+        .relay_state(h.now(), fid(B), Some(RelayState::Retrying));
+    h.run_to(h.now_ms + 20);
+    assert_eq!(h.view().elected, Some(fid(C).0));
+    let mut w = wanted(&h);
+    w.sort();
+    let mut both = vec![fid(B), fid(C)];
+    both.sort();
+    assert_eq!(w, both);
+    // Each is listed once even while B is both broken and still on air.
+    assert_eq!(w.len(), 2);
+    h.mirror(C);
+    h.run_until(100, |h| h.primary() == Some(C));
+    // B's relay comes back: B is elected again (after the failback hold)
+    // and C, no longer wanted, is released.
+    h.mirror(B);
+    h.run_until(5_000, |h| h.primary() == Some(B));
+    assert_eq!(wanted(&h), vec![fid(B)]);
+}
+
 #[test]
 fn draining_feed_is_released_at_once_when_the_new_primary_is_remote_and_nobody_watches() {
     let mut h = H::new();
