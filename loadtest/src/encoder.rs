@@ -231,13 +231,13 @@ async fn publish(
                 let item = if tag.kind == 9 {
                     PlayerItem::Video {
                         ts,
-                        body: tag.body.clone(),
+                        body: tag.body.clone().into(),
                         keyframe: tag.is_video_keyframe(),
                     }
                 } else {
                     PlayerItem::Audio {
                         ts,
-                        body: tag.body.clone(),
+                        body: tag.body.clone().into(),
                     }
                 };
                 session.send(item).await?;

@@ -24,6 +24,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::engine::PlayerItem;
+use crate::media::FlvBody;
 
 /// Items serialized per write, at most: bounds one write's size.
 const BATCH: usize = 64;
@@ -55,8 +56,8 @@ pub trait RtmpMediaSink {
         out.len()
     }
     fn metadata(&mut self, m: &StreamMetadata, out: &mut Vec<u8>) -> Result<(), Self::Error>;
-    fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error>;
-    fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+    fn video(&mut self, ts: u32, body: FlvBody, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+    fn audio(&mut self, ts: u32, body: FlvBody, out: &mut Vec<u8>) -> Result<(), Self::Error>;
     /// The stream ended (the engine closed the player).
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Self::Error>;
 }
@@ -115,14 +116,18 @@ impl MediaChunks {
         }
     }
 
-    /// Queue one audio or video message of message stream `stream_id`.
-    pub fn message(&mut self, type_id: u8, stream_id: u32, ts: u32, body: Bytes) {
+    /// Queue one audio or video message of message stream `stream_id`:
+    /// the body's head is written beside the first chunk header, its
+    /// payload goes out as slices of the shared buffer.
+    pub fn message(&mut self, type_id: u8, stream_id: u32, ts: u32, body: &FlvBody) {
         let csid = if type_id == TYPE_VIDEO {
             VIDEO_CSID
         } else {
             AUDIO_CSID
         };
         let extended = ts >= EXTENDED_TS;
+        let head = body.head();
+        let payload = body.payload();
         let len = body.len().min(0x00FF_FFFF);
         self.head_room();
         self.heads.put_u8(csid); // format 0, one-byte basic header
@@ -133,8 +138,12 @@ impl MediaChunks {
         if extended {
             self.heads.put_u32(ts);
         }
-        let head = self.heads.split().freeze();
-        self.push(head);
+        // The head (≤ 8 bytes) always fits the first chunk (≥ 128 bytes).
+        let h = head.len().min(len);
+        self.heads.put_slice(&head[..h]);
+        let first = self.heads.split().freeze();
+        self.push(first);
+        // `at` counts message bytes; payload byte `i` is message byte `h + i`.
         let mut at = 0;
         while at < len {
             if at > 0 {
@@ -143,17 +152,21 @@ impl MediaChunks {
                 if extended {
                     self.heads.put_u32(ts);
                 }
-                let head = self.heads.split().freeze();
-                self.push(head);
+                let cont = self.heads.split().freeze();
+                self.push(cont);
             }
             let end = (at + self.chunk_size).min(len);
-            self.push(body.slice(at..end));
+            let from = at.max(h) - h;
+            if end > h && end - h > from {
+                self.push(payload.slice(from..end - h));
+            }
             at = end;
         }
     }
 
     fn head_room(&mut self) {
-        if self.heads.capacity() < 16 {
+        // A first chunk's header (12), extended timestamp (4), FLV head (8).
+        if self.heads.capacity() < 24 {
             self.heads.reserve(1024);
         }
     }
@@ -227,13 +240,13 @@ impl RtmpMediaSink for ServerPlayback<'_> {
         Ok(())
     }
 
-    fn video(&mut self, ts: u32, body: Bytes, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
-        self.chunks.message(TYPE_VIDEO, self.stream_id, ts, body);
+    fn video(&mut self, ts: u32, body: FlvBody, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        self.chunks.message(TYPE_VIDEO, self.stream_id, ts, &body);
         Ok(())
     }
 
-    fn audio(&mut self, ts: u32, body: Bytes, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
-        self.chunks.message(TYPE_AUDIO, self.stream_id, ts, body);
+    fn audio(&mut self, ts: u32, body: FlvBody, _out: &mut Vec<u8>) -> Result<(), Self::Error> {
+        self.chunks.message(TYPE_AUDIO, self.stream_id, ts, &body);
         Ok(())
     }
 
@@ -259,17 +272,17 @@ impl RtmpMediaSink for ClientSession {
         Ok(())
     }
 
-    fn video(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+    fn video(&mut self, ts: u32, body: FlvBody, out: &mut Vec<u8>) -> Result<(), Self::Error> {
         client_out(
-            self.publish_video_data(body, RtmpTimestamp::new(ts), false)?,
+            self.publish_video_data(body.to_bytes(), RtmpTimestamp::new(ts), false)?,
             out,
         );
         Ok(())
     }
 
-    fn audio(&mut self, ts: u32, body: Bytes, out: &mut Vec<u8>) -> Result<(), Self::Error> {
+    fn audio(&mut self, ts: u32, body: FlvBody, out: &mut Vec<u8>) -> Result<(), Self::Error> {
         client_out(
-            self.publish_audio_data(body, RtmpTimestamp::new(ts), false)?,
+            self.publish_audio_data(body.to_bytes(), RtmpTimestamp::new(ts), false)?,
             out,
         );
         Ok(())
@@ -335,10 +348,27 @@ mod tests {
 
     use super::*;
 
-    fn body(len: usize, seed: u8) -> Bytes {
+    fn body(len: usize, seed: u8) -> FlvBody {
+        payload(len, seed).into()
+    }
+
+    fn payload(len: usize, seed: u8) -> Bytes {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31) ^ seed)
             .collect()
+    }
+
+    /// A frame's FLV body: a head of 5 (H.264), 8 (H.265) or 2 (AAC) bytes
+    /// before the shared payload.
+    fn frame_body(codec: crate::media::Codec, len: usize, seed: u8) -> FlvBody {
+        crate::media::flv_frame(&crate::media::Frame {
+            track: codec.track(),
+            codec,
+            dts: 0,
+            pts: 40,
+            keyframe: seed.is_multiple_of(2),
+            payload: payload(len, seed),
+        })
     }
 
     /// Parse what [`MediaChunks`] queued with rml_rtmp's own deserializer
@@ -364,14 +394,14 @@ mod tests {
             (TYPE_AUDIO, 1010, body(300, 2)),
             (TYPE_VIDEO, 1033, body(4096, 3)),
             (TYPE_VIDEO, 1066, body(4097, 4)),
-            (TYPE_AUDIO, 1070, Bytes::new()),
+            (TYPE_AUDIO, 1070, Bytes::new().into()),
             // Past 4.6 hours: the extended timestamp, repeated in every
             // continuation chunk.
             (TYPE_VIDEO, 0x0100_0000, body(9_000, 5)),
             (TYPE_AUDIO, EXTENDED_TS, body(50, 6)),
         ];
         for (t, ts, b) in &sent {
-            c.message(*t, 1, *ts, b.clone());
+            c.message(*t, 1, *ts, b);
         }
         c.raw(&[]);
         let total: usize = sent.iter().map(|s| s.2.len()).sum();
@@ -380,21 +410,65 @@ mod tests {
         assert_eq!(got.len(), sent.len());
         for ((t, ts, b), (gt, sid, gts, gb)) in sent.iter().zip(&got) {
             assert_eq!((t, ts, 1u32), (gt, gts, *sid));
-            assert_eq!(b, gb);
+            assert_eq!(b.to_bytes(), gb);
+        }
+    }
+
+    #[test]
+    fn bodies_with_a_head_chunk_and_parse_back_at_every_boundary() {
+        use crate::media::Codec;
+        for chunk in [128usize, 4096] {
+            let mut c = MediaChunks::new(chunk as u32);
+            let mut sent = Vec::new();
+            let mut ts = 0u32;
+            for codec in [Codec::H264, Codec::H265, Codec::Aac] {
+                // Around one and two chunks, counting the head.
+                for len in [
+                    0,
+                    1,
+                    chunk - 9,
+                    chunk - 8,
+                    chunk - 5,
+                    chunk - 2,
+                    chunk,
+                    chunk + 1,
+                ]
+                .into_iter()
+                .chain([2 * chunk - 8, 2 * chunk - 5, 2 * chunk + 3])
+                {
+                    let b = frame_body(codec, len, len as u8);
+                    let t = if codec == Codec::Aac {
+                        TYPE_AUDIO
+                    } else {
+                        TYPE_VIDEO
+                    };
+                    c.message(t, 1, ts, &b);
+                    sent.push((t, ts, b.to_bytes()));
+                    ts += 33;
+                }
+            }
+            let got = parse(&c, chunk);
+            assert_eq!(got.len(), sent.len(), "chunk size {chunk}");
+            for ((t, ts, b), (gt, _, gts, gb)) in sent.iter().zip(&got) {
+                assert_eq!((t, ts), (gt, gts));
+                assert_eq!(b, gb, "chunk size {chunk}, {} bytes", b.len());
+            }
         }
     }
 
     #[test]
     fn payloads_are_shared_not_copied() {
         let mut c = MediaChunks::new(4096);
-        let b = body(10_000, 9);
-        c.message(TYPE_VIDEO, 1, 0, b.clone());
-        // header, 4096, header, 4096, header, 1808: payload slices point
-        // into the original buffer.
-        let slices: Vec<&Bytes> = c.segments.iter().filter(|s| s.len() > 12).collect();
+        let b = frame_body(crate::media::Codec::H264, 10_000, 9);
+        c.message(TYPE_VIDEO, 1, 0, &b);
+        // header and head, 4091, header, 4096, header, 1813: payload slices
+        // point into the frame's own payload.
+        let p = b.payload();
+        let slices: Vec<&Bytes> = c.segments.iter().filter(|s| s.len() > 17).collect();
         assert_eq!(slices.len(), 3);
-        assert_eq!(slices[0].as_ptr(), b.as_ptr());
-        assert_eq!(slices[2].as_ptr(), b[8192..].as_ptr());
+        assert_eq!(slices[0].as_ptr(), p.as_ptr());
+        assert_eq!(slices[1].as_ptr(), p[4091..].as_ptr());
+        assert_eq!(slices[2].as_ptr(), p[8187..].as_ptr());
     }
 
     #[tokio::test]
@@ -404,7 +478,7 @@ mod tests {
         let (mut tx, mut rx) = tokio::io::duplex(1000);
         let mut c = MediaChunks::new(128);
         for i in 0..20u32 {
-            c.message(TYPE_VIDEO, 1, i * 33, body(700 + i as usize * 13, i as u8));
+            c.message(TYPE_VIDEO, 1, i * 33, &body(700 + i as usize * 13, i as u8));
         }
         let expect = c.to_vec();
         let reader = tokio::spawn(async move {

@@ -48,14 +48,14 @@ fn header(slot: &FeedSlot) -> Vec<PlayerItem> {
     if let Some(v) = &slot.video_cfg {
         h.push(PlayerItem::Video {
             ts,
-            body: media::flv_video_config(v),
+            body: media::flv_video_config(v).into(),
             keyframe: true,
         });
     }
     if let Some(a) = &slot.audio_cfg {
         h.push(PlayerItem::Audio {
             ts,
-            body: media::flv_audio_config(a),
+            body: media::flv_audio_config(a).into(),
         });
     }
     h

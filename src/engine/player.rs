@@ -10,6 +10,8 @@ use bytes::Bytes;
 use rml_rtmp::sessions::StreamMetadata;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use crate::media::FlvBody;
+
 /// What a player session receives. Timestamps are the source's output
 /// timeline in milliseconds, wrapped to 32 bits for RTMP.
 #[derive(Debug, Clone)]
@@ -18,13 +20,13 @@ pub enum PlayerItem {
     /// An FLV video tag body (configuration or frame).
     Video {
         ts: u32,
-        body: Bytes,
+        body: FlvBody,
         keyframe: bool,
     },
     /// An FLV audio tag body (configuration or frame).
     Audio {
         ts: u32,
-        body: Bytes,
+        body: FlvBody,
     },
     /// MPEG-TS packets (a multiple of 188 bytes) from the source's shared
     /// muxer; `keyframe` when they start with PSI and a video keyframe.

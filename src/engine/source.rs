@@ -530,14 +530,14 @@ impl Source {
         if let Some(v) = &slot.video_cfg {
             self.header.push(PlayerItem::Video {
                 ts,
-                body: media::flv_video_config(v),
+                body: media::flv_video_config(v).into(),
                 keyframe: true,
             });
         }
         if let Some(a) = &slot.audio_cfg {
             self.header.push(PlayerItem::Audio {
                 ts,
-                body: media::flv_audio_config(a),
+                body: media::flv_audio_config(a).into(),
             });
         }
     }

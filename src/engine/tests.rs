@@ -254,7 +254,9 @@ fn decode(item: PlayerItem) -> Got {
             Got::Meta(tag)
         }
         PlayerItem::Video { ts, body, keyframe } => {
-            match media::parse_flv_video(&body, i64::from(ts)).expect("valid FLV video body") {
+            match media::parse_flv_video(&body.to_bytes(), i64::from(ts))
+                .expect("valid FLV video body")
+            {
                 FlvItem::Config(cfg) => {
                     assert!(keyframe, "a video config goes out as a keyframe tag");
                     assert_eq!(cfg.codec, Codec::H264);
@@ -275,7 +277,9 @@ fn decode(item: PlayerItem) -> Got {
             }
         }
         PlayerItem::Audio { ts, body } => {
-            match media::parse_flv_audio(&body, i64::from(ts)).expect("valid FLV audio body") {
+            match media::parse_flv_audio(&body.to_bytes(), i64::from(ts))
+                .expect("valid FLV audio body")
+            {
                 FlvItem::Config(cfg) => Got::ACfg(cfg.data[AUDIO_CFG_TAG]),
                 FlvItem::Frame(f) => {
                     assert_eq!(f.payload[0], 0x21);

@@ -217,7 +217,7 @@ fn read_i24(b: &[u8]) -> i32 {
     (raw << 8) >> 8
 }
 
-fn put_i24(buf: &mut BytesMut, v: i64) {
+fn put_i24(buf: &mut impl BufMut, v: i64) {
     let v = v.clamp(CTS_MIN, CTS_MAX) as i32;
     buf.put_slice(&v.to_be_bytes()[1..]);
 }
@@ -244,33 +244,101 @@ pub fn flv_config(cfg: &CodecConfig) -> Bytes {
     buf.freeze()
 }
 
+/// An FLV tag body in two parts: the tag's own few header bytes (`head`,
+/// at most [`FlvBody::MAX_HEAD`]) and the frame's payload, which is shared
+/// with the GOP cache and every player instead of copied behind a new head
+/// per tag. A body built elsewhere (a configuration, a tag read from a
+/// file) is all payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlvBody {
+    head_len: u8,
+    head: [u8; FlvBody::MAX_HEAD],
+    payload: Bytes,
+}
+
+impl FlvBody {
+    /// The longest head: enhanced RTMP's frame byte, FourCC and 24-bit cts.
+    pub const MAX_HEAD: usize = 8;
+
+    fn with_head(head: &[u8], payload: Bytes) -> Self {
+        let mut h = [0u8; Self::MAX_HEAD];
+        h[..head.len()].copy_from_slice(head);
+        Self {
+            head_len: head.len() as u8,
+            head: h,
+            payload,
+        }
+    }
+
+    /// The bytes before the payload.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..usize::from(self.head_len)]
+    }
+
+    /// The bytes after the head (shared, not copied).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The whole body's length.
+    pub fn len(&self) -> usize {
+        usize::from(self.head_len) + self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body in one buffer (a copy unless it is all payload), for what
+    /// needs it contiguous: rml_rtmp's publishing session, parsers.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.head_len == 0 {
+            return self.payload.clone();
+        }
+        let mut buf = BytesMut::with_capacity(self.len());
+        buf.put_slice(self.head());
+        buf.put_slice(&self.payload);
+        buf.freeze()
+    }
+}
+
+impl From<Bytes> for FlvBody {
+    fn from(payload: Bytes) -> Self {
+        Self::with_head(&[], payload)
+    }
+}
+
 /// The FLV tag body carrying `frame`, laid out by `frame.codec`; the written
-/// composition time is `pts - dts` clamped to the signed 24-bit range.
-pub fn flv_frame(frame: &Frame) -> Bytes {
-    let mut buf = BytesMut::with_capacity(8 + frame.payload.len());
+/// composition time is `pts - dts` clamped to the signed 24-bit range. The
+/// payload is `frame.payload` itself.
+pub fn flv_frame(frame: &Frame) -> FlvBody {
+    let mut buf = [0u8; FlvBody::MAX_HEAD];
     let frame_type = if frame.keyframe {
         FRAME_TYPE_KEY
     } else {
         FRAME_TYPE_INTER
     };
-    match frame.codec {
-        Codec::H264 => {
-            buf.put_u8(frame_type << 4 | CODEC_ID_AVC);
-            buf.put_u8(AVC_NALU);
-            put_i24(&mut buf, frame.cts());
+    let len = {
+        let mut w = &mut buf[..];
+        match frame.codec {
+            Codec::H264 => {
+                w.put_u8(frame_type << 4 | CODEC_ID_AVC);
+                w.put_u8(AVC_NALU);
+                put_i24(&mut w, frame.cts());
+            }
+            Codec::H265 => {
+                w.put_u8(EX_HEADER | frame_type << 4 | EX_CODED_FRAMES);
+                w.put_slice(FOURCC_HEVC);
+                put_i24(&mut w, frame.cts());
+            }
+            Codec::Aac => {
+                w.put_u8(AAC_MARKER);
+                w.put_u8(AAC_RAW);
+            }
         }
-        Codec::H265 => {
-            buf.put_u8(EX_HEADER | frame_type << 4 | EX_CODED_FRAMES);
-            buf.put_slice(FOURCC_HEVC);
-            put_i24(&mut buf, frame.cts());
-        }
-        Codec::Aac => {
-            buf.put_u8(AAC_MARKER);
-            buf.put_u8(AAC_RAW);
-        }
-    }
-    buf.put_slice(&frame.payload);
-    buf.freeze()
+        FlvBody::MAX_HEAD - w.len()
+    };
+    FlvBody::with_head(&buf[..len], frame.payload.clone())
 }
 
 /// Build FLV tag bodies back (for RTMP players). H.264 uses legacy FLV (codec id 7); H.265 uses enhanced RTMP ('hvc1', CodedFrames with cts). Returned Bytes is the full tag body.
@@ -289,13 +357,13 @@ pub fn flv_audio_config(cfg: &CodecConfig) -> Bytes {
 /// `cts` written = frame.pts - frame.dts (clamped to the signed 24-bit range).
 ///
 /// Same as [`flv_frame`]: the codec decides the layout.
-pub fn flv_video_frame(frame: &Frame) -> Bytes {
+pub fn flv_video_frame(frame: &Frame) -> FlvBody {
     flv_frame(frame)
 }
 
 /// The AAC raw-frame tag body (`AF 01` + frame). Same as [`flv_frame`]: the
 /// codec decides the layout.
-pub fn flv_audio_frame(frame: &Frame) -> Bytes {
+pub fn flv_audio_frame(frame: &Frame) -> FlvBody {
     flv_frame(frame)
 }
 

@@ -283,14 +283,14 @@ fn builders_lay_out_bytes_as_expected() {
         payload: Bytes::from_static(NALUS),
     };
     assert_eq!(
-        flv_video_frame(&f)[..],
+        flv_video_frame(&f).to_bytes()[..],
         body(&[&[0x27, 1, 0xff, 0xff, 0xf6], NALUS])[..]
     );
     f.codec = Codec::H265;
     f.keyframe = true;
     f.pts = 133;
     assert_eq!(
-        flv_video_frame(&f)[..],
+        flv_video_frame(&f).to_bytes()[..],
         body(&[&[0x91], b"hvc1", &[0, 0, 33], NALUS])[..]
     );
     let a = Frame {
@@ -301,7 +301,7 @@ fn builders_lay_out_bytes_as_expected() {
         keyframe: true,
         payload: Bytes::from_static(&[0x21, 0x00]),
     };
-    assert_eq!(flv_audio_frame(&a)[..], [0xaf, 0x01, 0x21, 0x00]);
+    assert_eq!(flv_audio_frame(&a).to_bytes()[..], [0xaf, 0x01, 0x21, 0x00]);
 }
 
 #[test]
@@ -314,11 +314,11 @@ fn builder_clamps_cts_to_24_bits() {
         keyframe: true,
         payload: Bytes::from_static(NALUS),
     };
-    assert_eq!(flv_video_frame(&f)[2..5], [0x7f, 0xff, 0xff]);
+    assert_eq!(flv_video_frame(&f).to_bytes()[2..5], [0x7f, 0xff, 0xff]);
     f.pts = -10_000_000;
-    assert_eq!(flv_video_frame(&f)[2..5], [0x80, 0x00, 0x00]);
+    assert_eq!(flv_video_frame(&f).to_bytes()[2..5], [0x80, 0x00, 0x00]);
     f.codec = Codec::H265;
-    assert_eq!(flv_video_frame(&f)[5..8], [0x80, 0x00, 0x00]);
+    assert_eq!(flv_video_frame(&f).to_bytes()[5..8], [0x80, 0x00, 0x00]);
 }
 
 #[test]
@@ -372,7 +372,9 @@ proptest! {
             Track::Video => flv_video_frame(&frame),
             Track::Audio => flv_audio_frame(&frame),
         };
-        prop_assert_eq!(parse(frame.codec, &body, frame.dts), Ok(FlvItem::Frame(frame)));
+        // The payload is the frame's own buffer, not a copy.
+        prop_assert_eq!(body.payload().as_ptr(), frame.payload.as_ptr());
+        prop_assert_eq!(parse(frame.codec, &body.to_bytes(), frame.dts), Ok(FlvItem::Frame(frame)));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use bytes::Bytes;
 
 pub use flv::{
     flv_audio_config, flv_audio_frame, flv_config, flv_frame, flv_video_config, flv_video_frame,
-    parse_flv_audio, parse_flv_video, FlvError, FlvItem, UNSUPPORTED_FOURCC,
+    parse_flv_audio, parse_flv_video, FlvBody, FlvError, FlvItem, UNSUPPORTED_FOURCC,
 };
 pub use gop::GopCache;
 pub use timeline::{FrameIntervalEstimator, OutputClock, Rebase, TimestampUnwrapper};
