@@ -156,9 +156,9 @@ impl MediaChunks {
                 self.push(cont);
             }
             let end = (at + self.chunk_size).min(len);
-            let from = at.max(h) - h;
-            if end > h && end - h > from {
-                self.push(payload.slice(from..end - h));
+            let (from, to) = (at.saturating_sub(h), end.saturating_sub(h));
+            if to > from {
+                self.push(payload.slice(from..to));
             }
             at = end;
         }

@@ -1078,25 +1078,12 @@ impl Source {
             return;
         }
         let first = out.len();
-        for (id, slot) in &self.feeds {
-            if let Some(o) = slot.origin.as_ref() {
-                if o.relay == Some(super::RelayState::Retrying) && o.eligible_since.is_some() {
-                    out.push((self.key.clone(), *id, o.node.clone()));
-                }
-            }
-        }
-        let broken = out.len();
-        let wanted = |out: &Vec<(SourceKey, FeedId, String)>, feed: FeedId| {
-            out[first..broken].iter().any(|(_, f, _)| *f == feed)
-        };
         let states = self.election.feeds();
         let primary = self.election.primary();
         // The feed still on air during a planned switch away from it.
         if let Some(on) = self.on_air.as_ref().filter(|o| Some(o.feed) != primary) {
             if let Some(o) = self.feeds.get(&on.feed).and_then(|f| f.origin.as_ref()) {
-                if !wanted(out, on.feed) {
-                    out.push((self.key.clone(), on.feed, o.node.clone()));
-                }
+                out.push((self.key.clone(), on.feed, o.node.clone()));
             }
         }
         let mut taken = 0;
@@ -1112,9 +1099,16 @@ impl Source {
                 taken += 1;
             }
             if let Some(o) = self.feeds.get(&st.feed).and_then(|f| f.origin.as_ref()) {
-                if !wanted(out, st.feed) {
-                    out.push((self.key.clone(), st.feed, o.node.clone()));
-                }
+                out.push((self.key.clone(), st.feed, o.node.clone()));
+            }
+        }
+        for (id, slot) in &self.feeds {
+            let Some(o) = slot.origin.as_ref() else {
+                continue;
+            };
+            let broken = o.relay == Some(super::RelayState::Retrying) && o.eligible_since.is_some();
+            if broken && !out[first..].iter().any(|(_, f, _)| f == id) {
+                out.push((self.key.clone(), *id, o.node.clone()));
             }
         }
     }

@@ -105,6 +105,22 @@ pub fn publish_url(gw: &Gateway, p: Proto, stream: &str, token: &str) -> Result<
     }
 }
 
+/// A publish URL for source `source` of `stream` (`sourceId`), with a token.
+pub fn publish_source_url(
+    gw: &Gateway,
+    p: Proto,
+    stream: &str,
+    source: &str,
+    token: &str,
+) -> Result<ClientUrl> {
+    match p {
+        Proto::Rtmp => parse(gw.rtmp_url(&format!("{stream}?token={token}&sourceId={source}"))),
+        Proto::Srt => parse(gw.srt_url(&format!(
+            "#!::r={stream},m=publish,s={token},user_source={source}"
+        ))),
+    }
+}
+
 /// A play URL for `stream`.
 pub fn play_url(gw: &Gateway, p: Proto, stream: &str) -> Result<ClientUrl> {
     match p {
