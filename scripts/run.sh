@@ -7,13 +7,15 @@
 #   scripts/run.sh --config my.toml
 #
 # Any PRIMACY_* variable you set wins (see docs/primacy.example.toml).
+# PRIMACY_RUN_STATE_DIR (default .primacy) is where the signing key is kept;
+# the gateway itself ignores PRIMACY_RUN_* and PRIMACY_TEST_* variables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_build_tools
 ensure_postgres
 
-state=.primacy
+state="${PRIMACY_RUN_STATE_DIR:-.primacy}"
 mkdir -p "$state"
 if [ -z "${PRIMACY_HS256_SECRET:-}" ]; then
     if [ ! -s "$state/signing.key" ]; then

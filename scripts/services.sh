@@ -110,4 +110,10 @@ ensure_media_tools() {
     command -v openssl >/dev/null || apt_install openssl
     # stdbuf (line-buffered ffprobe output) is in coreutils.
     command -v stdbuf >/dev/null || apt_install coreutils
+    # The README's quick start (run by tests/quickstart.py) uses jq, curl,
+    # pkill and psql.
+    command -v jq >/dev/null || apt_install jq
+    command -v curl >/dev/null || apt_install curl
+    command -v pkill >/dev/null || apt_install procps
+    command -v psql >/dev/null || apt_install postgresql-client
 }

@@ -489,6 +489,17 @@ const ENV_NOT_CONFIG: &[&str] = &[
     "PRIMACY_LOG",
 ];
 
+/// Prefixes of variables that belong to the scripts around the gateway
+/// (`PRIMACY_TEST_*` for the test suite, `PRIMACY_LOADTEST_*` for the load
+/// test, `PRIMACY_RUN_*` for `scripts/run.sh`): the gateway ignores them, so
+/// a shell set up for the tests can also run it. Any other unknown
+/// `PRIMACY_*` variable stays an error, since it is most likely a typo.
+const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["PRIMACY_TEST_", "PRIMACY_LOADTEST_", "PRIMACY_RUN_"];
+
+fn is_not_config(var: &str) -> bool {
+    ENV_NOT_CONFIG.contains(&var) || ENV_NOT_CONFIG_PREFIXES.iter().any(|p| var.starts_with(p))
+}
+
 impl Config {
     /// Load from an optional file and the process environment, then validate.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -522,7 +533,7 @@ impl Config {
         let mut hs256: Option<String> = None;
         let mut hs256_kid: Option<String> = None;
         for (var, value) in &env {
-            if ENV_NOT_CONFIG.contains(&var.as_str()) {
+            if is_not_config(var) {
                 continue;
             }
             if var == ENV_HS256_SECRET {
@@ -988,6 +999,24 @@ mod tests {
     }
 
     #[test]
+    fn script_variables_are_not_settings() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                (
+                    "PRIMACY_TEST_DATABASE_URL",
+                    "postgres://x@127.0.0.1/postgres",
+                ),
+                ("PRIMACY_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("PRIMACY_LOADTEST_FIXTURES", "/nowhere"),
+                ("PRIMACY_RUN_STATE_DIR", "/nowhere"),
+            ]),
+        )
+        .expect("script variables are ignored");
+        assert_eq!(c.database.url, Config::default().database.url);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = Config::load_from(None, env(&[("PRIMACY_ELECTION__FLAP_COUNT", "x")])).unwrap_err();
         assert!(
@@ -1005,6 +1034,9 @@ mod tests {
         assert!(e.to_string().contains("auth.signing_keys[0].secret"), "{e}");
         let e = Config::load_from(None, env(&[("PRIMACY_BOGUS", "1")])).unwrap_err();
         assert!(e.to_string().contains("PRIMACY_BOGUS"), "{e}");
+        // A typo next to a script's variable is still caught.
+        let e = Config::load_from(None, env(&[("PRIMACY_TESTS_X", "1")])).unwrap_err();
+        assert!(e.to_string().contains("PRIMACY_TESTS_X"), "{e}");
         let e =
             Config::load_from(None, env(&[("PRIMACY_SRT__UDP_BUFFER_BYTES", "4096")])).unwrap_err();
         assert!(e.to_string().contains("srt.udp_buffer_bytes"), "{e}");

@@ -381,10 +381,7 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             } else {
                 let items = v["items"].as_array().cloned().unwrap_or_default();
                 table::print_tokens(&items);
-                println!(
-                    "\npage {} of {} token(s), {} per page",
-                    v["page"], v["total"], v["per_page"]
-                );
+                println!("\n{}", page_summary(&v, "token(s)"));
             }
             Ok(())
         }
@@ -511,5 +508,38 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The footer of a paged listing: `2 token(s), page 1 of 1, 50 per page`.
+fn page_summary(v: &Value, what: &str) -> String {
+    let total = v["total"].as_u64().unwrap_or(0);
+    let page = v["page"].as_u64().unwrap_or(1);
+    let per_page = v["per_page"].as_u64().unwrap_or(1).max(1);
+    let pages = total.div_ceil(per_page).max(1);
+    format!("{total} {what}, page {page} of {pages}, {per_page} per page")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_summary_counts_pages_not_items() {
+        let v = serde_json::json!({"total": 2, "page": 1, "per_page": 50});
+        assert_eq!(
+            page_summary(&v, "token(s)"),
+            "2 token(s), page 1 of 1, 50 per page"
+        );
+        let v = serde_json::json!({"total": 101, "page": 3, "per_page": 50});
+        assert_eq!(
+            page_summary(&v, "token(s)"),
+            "101 token(s), page 3 of 3, 50 per page"
+        );
+        let v = serde_json::json!({"total": 0, "page": 1, "per_page": 50});
+        assert_eq!(
+            page_summary(&v, "token(s)"),
+            "0 token(s), page 1 of 1, 50 per page"
+        );
     }
 }
