@@ -419,3 +419,74 @@ fn ip_rules_are_enforced() {
         Refusal::IpNotAllowed
     );
 }
+
+/// Allow-list entries written as IPv4-mapped IPv6 match the IPv4 address
+/// they map, and IPv4 entries match IPv4-mapped peers.
+#[test]
+fn ipv4_mapped_allow_list_entries_match_their_ipv4_address() {
+    let c = Ctx::new();
+    let now = Utc::now();
+    for (entry, inside, outside) in [
+        ("::ffff:10.0.0.1", "10.0.0.1", "10.0.0.2"),
+        ("::ffff:10.0.0.0/104", "10.200.0.1", "11.0.0.1"),
+        ("::ffff:a00:1", "::ffff:10.0.0.1", "::ffff:10.0.0.2"),
+        ("10.0.0.1", "::ffff:10.0.0.1", "::1"),
+    ] {
+        let (_, secret) = c.create(json!({
+            "label": "t",
+            "streams": [{"name": "match1"}],
+            "allowed_ips": [entry],
+        }));
+        admitted(c.check_full(&secret, "match1", "", inside, now));
+        assert_eq!(
+            refused(c.check_full(&secret, "match1", "", outside, now)),
+            Refusal::IpNotAllowed,
+            "{entry} must not admit {outside}"
+        );
+    }
+}
+
+/// A regex rule stored before rules were checked (or written by hand) that
+/// escapes its anchoring makes the token invalid: it is refused, never
+/// allowed everywhere, and the stream listing does not list it.
+#[test]
+fn a_stored_escaping_regex_allows_nothing() {
+    use diesel::RunQueryDsl;
+    let c = Ctx::new();
+    let (id, secret) = c.create(json!({
+        "label": "t",
+        "streams": [{"name": "teamA/[a-z0-9]+", "is_regex": true}],
+    }));
+    admitted(c.check(&secret, "teamA/cam1"));
+    let mut conn = c.s.db.connect();
+    diesel::sql_query(format!(
+        r#"UPDATE publish_tokens SET streams = '[{{"name": "teamA/[a-z0-9]+)|(.*", "is_regex": true}}]' WHERE id = '{id}'"#
+    ))
+    .execute(&mut conn)
+    .expect("store an escaping rule behind the API's back");
+    // The admission cache still holds the old row until it is told; the
+    // periodic re-check (or the TTL) drops it. Ask until the row is seen.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.check(&secret, "teamA/cam1") {
+            Err(AdmitError::Refused(Refusal::InvalidDefinition)) => break,
+            other => assert!(
+                Instant::now() < end,
+                "the stored rule was not re-read in time: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for stream in ["anything", "teamB/x", "teamA/cam1"] {
+        assert_eq!(
+            refused(c.check(&secret, stream)),
+            Refusal::InvalidDefinition,
+            "{stream}"
+        );
+    }
+    for stream in ["anything", "teamA%2Fcam1"] {
+        let (st, v) = c.call("GET", &format!("/api/v1/tokens?stream={stream}"), None);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["total"], 0, "{stream}: {v}");
+    }
+}

@@ -1,6 +1,8 @@
 //! `/api/v1/tokens`: publish tokens. Handlers validate, run one store
-//! transaction (row + audit record), invalidate the admission cache and map
-//! the result. A secret is returned only by create and refresh.
+//! transaction (row + audit record), then apply the change to the token's
+//! live feeds here and on every other node ([`crate::live_tokens`]), and
+//! map the result. A secret is returned only by create and refresh. No
+//! handler holds a database connection while matching regex rules.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -11,7 +13,10 @@ use uuid::Uuid;
 use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
-use crate::auth::tokens::{check_label, invalid, normalize_ips, StreamRule, TokenRules};
+use crate::auth::tokens::{
+    check_label, check_no_control, check_rule, invalid, normalize_ips, StreamRule, TokenRules,
+    LABEL_MAX,
+};
 use crate::cluster::Command;
 use crate::domain::{StreamName, TokenId};
 use crate::store::audit::NewAudit;
@@ -27,10 +32,17 @@ pub struct Token {
     /// Higher wins; `null` is the lowest priority.
     #[schema(example = 100)]
     pub priority: Option<i32>,
+    /// Whether a `priority=` publish parameter may raise a feed above
+    /// `priority`. When false (the default) it may only lower it: a higher
+    /// value is clamped to `priority`.
+    pub allow_priority_override: bool,
     pub streams: Vec<StreamRule>,
-    /// CIDRs the encoder may publish from; empty means any address.
+    /// CIDRs the encoder may publish from; empty means any address. An
+    /// IPv4-mapped IPv6 entry (`::ffff:10.0.0.1`) is stored as the IPv4
+    /// network it maps, and matches that IPv4 address.
     #[schema(example = json!(["203.0.113.0/24"]))]
     pub allowed_ips: Vec<String>,
+    /// Feeds of the token are disconnected at this instant.
     pub expires_at: Option<DateTime<Utc>>,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
@@ -43,6 +55,7 @@ impl Token {
             id: row.id,
             label: row.label.clone(),
             priority: row.priority,
+            allow_priority_override: row.allow_priority_override,
             streams: serde_json::from_value(row.streams.clone()).unwrap_or_default(),
             allowed_ips: row.allowed_ips.iter().flatten().cloned().collect(),
             expires_at: row.expires_at,
@@ -78,6 +91,10 @@ pub struct CreateToken {
     #[serde(default)]
     #[schema(example = 100)]
     pub priority: Option<i32>,
+    /// Let `priority=` raise a feed above `priority` (default false: it
+    /// may only lower it; a higher value is clamped).
+    #[serde(default)]
+    pub allow_priority_override: bool,
     /// 1–64 entries.
     pub streams: Vec<StreamRule>,
     #[serde(default)]
@@ -115,14 +132,23 @@ pub struct UpdateToken {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>)]
     pub priority: Option<Option<i32>>,
+    /// Whether `priority=` may raise a feed above the token's priority.
+    /// Applies to live feeds at once (a raised feed falls back to the
+    /// token's priority when it is turned off).
+    pub allow_priority_override: Option<bool>,
+    /// Live feeds stay; new publishes may use them.
     pub add_streams: Option<Vec<StreamRule>>,
+    /// Live feeds on streams no longer allowed are disconnected at once.
     pub remove_streams: Option<Vec<StreamRule>>,
-    /// Replaces the allow-list; `[]` allows any address.
+    /// Replaces the allow-list; `[]` allows any address. Live feeds from
+    /// addresses no longer allowed are disconnected at once.
     pub allowed_ips: Option<Vec<String>>,
-    /// A new expiry, or `null` for none.
+    /// A new expiry, or `null` for none. Live feeds are disconnected at
+    /// the new instant.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// `false` disconnects the token's live feeds at once.
     pub enabled: Option<bool>,
 }
 
@@ -130,6 +156,7 @@ impl UpdateToken {
     fn is_empty(&self) -> bool {
         self.label.is_none()
             && self.priority.is_none()
+            && self.allow_priority_override.is_none()
             && self.add_streams.is_none()
             && self.remove_streams.is_none()
             && self.allowed_ips.is_none()
@@ -147,7 +174,9 @@ pub struct Reprioritize {
     pub priority: Option<Option<i32>>,
     /// `true` (default): disconnect the token's non-pinned feeds so they
     /// reconnect with the new priority (planned switch first when on air).
-    /// `false`: re-elect in place without reconnecting.
+    /// `false`: re-elect in place without reconnecting. Pinned feeds are
+    /// never disconnected; their priority becomes min(their `priority=`,
+    /// the new priority) unless the token allows raising.
     #[serde(default = "yes")]
     pub disconnect: bool,
 }
@@ -187,7 +216,9 @@ pub struct ReprioritizeResult {
     pub disconnect: bool,
     /// Feeds switched and disconnected (or re-elected in place).
     pub affected: Vec<AffectedFeed>,
-    /// Feeds of this token with a `priority=` publish parameter: untouched.
+    /// Feeds of this token with a `priority=` publish parameter: not
+    /// disconnected, re-elected in place at min(their `priority=`, the new
+    /// priority) unless the token allows raising.
     pub pinned: Vec<AffectedFeed>,
     /// Live nodes of the cluster that did not answer within
     /// `cluster.ack_timeout_ms` (their feeds are not in the lists).
@@ -198,9 +229,13 @@ pub struct ReprioritizeResult {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TokenListQuery {
-    /// Case-insensitive substring of the label.
+    /// Case-insensitive substring of the label (at most 128 characters, no
+    /// control characters).
     pub label: Option<String>,
-    /// Only tokens allowed to publish this stream name (exact or regex entry).
+    /// Only tokens allowed to publish this stream name (exact or regex
+    /// entry). Regex matching is bounded in concurrency
+    /// (`api.stream_filter_concurrency`); beyond it the answer is 503
+    /// `busy` with `Retry-After`.
     pub stream: Option<String>,
     pub enabled: Option<bool>,
     /// 1-based page number (default 1).
@@ -209,34 +244,24 @@ pub struct TokenListQuery {
     pub per_page: Option<u32>,
 }
 
-/// Drop the cached row here and on every other node.
-fn invalidate(state: &AppState, id: Uuid) {
-    state.admission.invalidate(TokenId(id));
-    if let Some(c) = state.cluster() {
-        c.send(Command::TokenChanged { token: TokenId(id) });
-    }
-}
-
-/// Disconnect a token's live feeds at once (disabled or deleted). The row
-/// is already changed, so their reconnects are refused.
-async fn disconnect_feeds(state: &AppState, id: Uuid, reason: &str) {
-    match state.engine.token_revoked(TokenId(id), reason).await {
-        Ok(gone) if !gone.is_empty() => {
-            tracing::info!(token_id = %id, feeds = gone.len(), reason, "disconnected the token's feeds")
-        }
+/// Apply a change of the token's row to its live feeds: here first (so a
+/// node never needs Redis to act on its own feeds), then on every other
+/// node, waiting for their answers a bounded time. A node that does not
+/// answer converges through its periodic re-check.
+async fn apply_change(state: &AppState, id: Uuid) {
+    let token = TokenId(id);
+    match crate::live_tokens::recheck(&state.admission, &state.engine, token).await {
         Ok(_) => {}
-        Err(_) => tracing::warn!(token_id = %id, "engine stopped; feeds not disconnected"),
+        Err(e) => {
+            state.admission.invalidate(token);
+            tracing::warn!(token_id = %id, error = %e, "cannot re-check the token's live feeds now; the periodic re-check will");
+        }
     }
     if let Some(c) = state.cluster() {
-        let g = c
-            .broadcast(Command::DisconnectToken {
-                token: TokenId(id),
-                reason: reason.to_owned(),
-            })
-            .await;
+        let g = c.broadcast(Command::TokenChanged { token }).await;
         let remote: usize = g.acks.iter().map(|a| a.outcome.affected.len()).sum();
         if remote > 0 {
-            tracing::info!(token_id = %id, feeds = remote, reason, "other nodes disconnected the token's feeds");
+            tracing::info!(token_id = %id, feeds = remote, "other nodes disconnected feeds the token no longer allows");
         }
     }
 }
@@ -297,6 +322,8 @@ pub async fn create(
         id: Uuid::new_v4(),
         label: body.label,
         priority: body.priority,
+        allow_priority_override: body.allow_priority_override,
+        revision: 1,
         streams: serde_json::to_value(&body.streams).map_err(|_| ApiError::internal())?,
         allowed_ips: ips.into_iter().map(Some).collect(),
         expires_at,
@@ -366,11 +393,20 @@ pub async fn list(
 ) -> Result<web::Json<Page<Token>>, ApiError> {
     let query = query.into_inner();
     let (page, per_page) = super::paging(query.page, query.per_page, &state)?;
-    let stream = match &query.stream {
-        Some(s) => Some(
-            s.parse::<StreamName>()
-                .map_err(|e| ApiError::unprocessable(format!("stream: {e}")))?,
-        ),
+    if let Some(label) = &query.label {
+        check_no_control("label", label)?;
+        if label.chars().count() > LABEL_MAX {
+            return Err(invalid("label", format!("at most {LABEL_MAX} characters")).into());
+        }
+    }
+    let ids = match &query.stream {
+        Some(s) => {
+            check_no_control("stream", s)?;
+            let stream = s
+                .parse::<StreamName>()
+                .map_err(|e| ApiError::unprocessable(format!("stream: {e}")))?;
+            Some(token_ids_for_stream(&state, stream).await?)
+        }
         None => None,
     };
     let filter_label = query.label.clone();
@@ -378,10 +414,6 @@ pub async fn list(
     let (rows, total) = state
         .db
         .run(move |c| {
-            let ids = match &stream {
-                Some(s) => Some(token_ids_for_stream(c, s)?),
-                None => None,
-            };
             q::list(
                 c,
                 &q::ListFilter {
@@ -403,24 +435,48 @@ pub async fn list(
 }
 
 /// Exact entries are found by the database; regex entries are matched here
-/// with the same engine admission uses, so the listing never disagrees with
-/// who may actually publish.
-fn token_ids_for_stream(
-    c: &mut diesel::PgConnection,
-    stream: &StreamName,
-) -> Result<Vec<Uuid>, StoreError> {
-    let mut ids = q::ids_with_exact_stream(c, stream.as_str())?;
-    for (id, streams) in q::with_regex_streams(c)? {
-        let Ok(rules) = serde_json::from_value::<Vec<StreamRule>>(streams) else {
-            continue;
-        };
-        let regexes: Vec<StreamRule> = rules.into_iter().filter(|r| r.is_regex).collect();
-        if let Ok(compiled) = TokenRules::compile(&regexes, &[]) {
-            if compiled.allows_stream(stream) {
-                ids.push(id);
-            }
-        }
-    }
+/// with the same engine (and the same compiled-rule cache) admission uses,
+/// so the listing never disagrees with who may actually publish. The rows
+/// are read first and the connection returned before any regex work, which
+/// runs on the blocking pool under one of `api.stream_filter_concurrency`
+/// permits; without a free permit the answer is 503 `busy`.
+async fn token_ids_for_stream(state: &AppState, stream: StreamName) -> Result<Vec<Uuid>, ApiError> {
+    let _permit = state
+        .stream_filter
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::busy(
+                "too many stream-filtered token listings at once; retry shortly",
+                1,
+            )
+        })?;
+    let name = stream.as_str().to_owned();
+    let (mut ids, regex_rows) = state
+        .db
+        .run(move |c| {
+            Ok((
+                q::ids_with_exact_stream(c, &name)?,
+                q::with_regex_streams(c)?,
+            ))
+        })
+        .await?;
+    let rules = state.admission.rules().clone();
+    let matched = tokio::task::spawn_blocking(move || {
+        regex_rows
+            .into_iter()
+            .filter_map(|(id, streams)| {
+                let entries: Vec<StreamRule> = serde_json::from_value(streams).ok()?;
+                rules.regex_rules_allow(&entries, &stream).then_some(id)
+            })
+            .collect::<Vec<Uuid>>()
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "stream filter task failed");
+        ApiError::internal()
+    })?;
+    ids.extend(matched);
     ids.sort();
     ids.dedup();
     Ok(ids)
@@ -463,6 +519,15 @@ fn apply_patch(
     }
     if let Some(p) = patch.priority {
         row.priority = p;
+    }
+    if let Some(o) = patch.allow_priority_override {
+        row.allow_priority_override = o;
+    }
+    for (i, r) in patch.remove_streams.iter().flatten().enumerate() {
+        check_no_control(format!("remove_streams[{i}].name"), &r.name)?;
+    }
+    for (i, r) in patch.add_streams.iter().flatten().enumerate() {
+        check_rule(format!("add_streams[{i}].name"), r)?;
     }
     if patch.add_streams.is_some() || patch.remove_streams.is_some() {
         let mut streams: Vec<StreamRule> =
@@ -531,22 +596,21 @@ pub async fn update(
     let patch = body.into_inner();
     if patch.is_empty() {
         return Err(ApiError::unprocessable(
-            "nothing to change: give at least one of label, priority, add_streams, remove_streams, allowed_ips, expires_at, enabled",
+            "nothing to change: give at least one of label, priority, allow_priority_override, add_streams, remove_streams, allowed_ips, expires_at, enabled",
         ));
     }
     let actor = auth.actor();
-    let (before, row) = write_token(&state, id, actor, "token.update", move |row| {
+    let (_, row) = write_token(&state, id, actor, "token.update", move |row| {
         apply_patch(row, &patch, Utc::now())
     })
     .await?;
-    if before.enabled && !row.enabled {
-        disconnect_feeds(&state, id, "token disabled").await;
-    }
+    apply_change(&state, id).await;
     Ok(web::Json(Token::from_row(&row)))
 }
 
 /// Lock the row, let `change` edit it, save it and audit before/after, in
-/// one transaction; then drop the cached row.
+/// one transaction; then drop this node's cached row (the caller applies
+/// the change to live feeds and other nodes).
 async fn write_token<F>(
     state: &AppState,
     id: Uuid,
@@ -597,7 +661,7 @@ where
         .map_err(|e| ApiError::from_store(e, "token"))?;
     match result {
         Ok((before, after)) => {
-            invalidate(state, id);
+            state.admission.invalidate(TokenId(id));
             tracing::info!(token_id = %id, action, "publish token changed");
             Ok((before, after))
         }
@@ -606,7 +670,8 @@ where
     }
 }
 
-/// Issue a new secret; the old one stops verifying at once.
+/// Issue a new secret; the old one stops verifying at once, and the live
+/// feeds publishing with it are disconnected on every node.
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/refresh", tag = "tokens",
     params(("id" = Uuid, Path, description = "Token id")),
     responses(
@@ -639,6 +704,8 @@ pub async fn refresh(
         },
     )
     .await?;
+    // The old secret's live feeds go now, here and on every node.
+    apply_change(&state, row.id).await;
     let secret = sign(&state, &row)?;
     Ok(web::Json(TokenWithSecret {
         token: Token::from_row(&row),
@@ -652,7 +719,10 @@ pub async fn refresh(
 /// `disconnect: true` the token's non-pinned live feeds are switched away
 /// (planned) and disconnected so they reconnect with the new priority; with
 /// `false` they are re-elected in place. Feeds with a `priority=` publish
-/// parameter are pinned: untouched and listed under `pinned`.
+/// parameter are pinned: never disconnected, listed under `pinned`, and
+/// re-elected in place at min(their `priority=`, the new priority) unless
+/// the token allows raising, so lowering a token takes the air from all of
+/// its feeds.
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/reprioritize", tag = "tokens",
     params(("id" = Uuid, Path, description = "Token id")),
     request_body = Reprioritize,
@@ -720,7 +790,8 @@ pub async fn reprioritize(
     }))
 }
 
-/// Delete a publish token; its secret stops verifying at once.
+/// Delete a publish token; its secret stops verifying at once and its live
+/// feeds are disconnected on every node.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
     params(("id" = Uuid, Path, description = "Token id")),
     responses(
@@ -759,8 +830,8 @@ pub async fn delete(
         })
         .await
         .map_err(|e| ApiError::from_store(e, "token"))?;
-    invalidate(&state, id);
-    disconnect_feeds(&state, id, "token deleted").await;
+    state.admission.invalidate(TokenId(id));
+    apply_change(&state, id).await;
     tracing::info!(token_id = %id, "publish token deleted");
     Ok(HttpResponse::NoContent().finish())
 }
