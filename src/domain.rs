@@ -218,8 +218,8 @@ impl Priority {
 /// beside the feed so that a later change to the token can be judged
 /// against it (secret refreshed, expiry, streams, addresses, priority
 /// rules). Feeds that no token governs on this node (pull inputs, feeds of
-/// other nodes) have none.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// other nodes) have none. `Debug` leaves out the secret id.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FeedGrant {
     /// The secret id (`jti`) the encoder presented.
     pub secret_id: Uuid,
@@ -235,6 +235,18 @@ pub struct FeedGrant {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The token row revision this grant was last judged against.
     pub revision: i64,
+}
+
+impl fmt::Debug for FeedGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedGrant")
+            .field("requested", &self.requested)
+            .field("token_priority", &self.token_priority)
+            .field("may_raise", &self.may_raise)
+            .field("expires_at", &self.expires_at)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FeedGrant {

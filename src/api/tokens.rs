@@ -136,7 +136,7 @@ pub struct UpdateToken {
     /// Applies to live feeds at once (a raised feed falls back to the
     /// token's priority when it is turned off).
     pub allow_priority_override: Option<bool>,
-    /// Live feeds stay; new publishes may use them.
+    /// Entries to allow in addition (same rules as `streams`).
     pub add_streams: Option<Vec<StreamRule>>,
     /// Live feeds on streams no longer allowed are disconnected at once.
     pub remove_streams: Option<Vec<StreamRule>>,
@@ -380,10 +380,11 @@ fn sign(state: &AppState, row: &TokenRow) -> Result<String, ApiError> {
     params(TokenListQuery),
     responses(
         (status = 200, description = "One page of tokens", body = Page<Token>),
-        (status = 400, description = "Malformed query", body = ErrorBody),
+        (status = 400, description = "Malformed query (a bool or number that does not parse)", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 422, description = "Invalid stream name or page size", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 422, description = "Invalid stream name, label filter (control characters, over 128 characters) or page size", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or (`busy`, with `Retry-After`) more stream-filtered listings at once than `api.stream_filter_concurrency`", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait (`busy` only)"))),
     ),
     security(("api_key" = [])))]
 pub async fn list(
