@@ -184,6 +184,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<RevokedFeed>>,
     },
     TokenRevisions {
+        only: Option<TokenId>,
         reply: oneshot::Sender<Vec<(TokenId, i64)>>,
     },
     Kick {
@@ -311,9 +312,13 @@ impl EngineHandle {
     }
 
     /// (token, row revision judged against) of every local feed a token
-    /// governs, one entry per feed.
-    pub async fn token_revisions(&self) -> Result<Vec<(TokenId, i64)>, EngineGone> {
-        self.ask(|reply| Command::TokenRevisions { reply }).await
+    /// governs (of `only` that token, when given), one entry per feed.
+    pub async fn token_revisions(
+        &self,
+        only: Option<TokenId>,
+    ) -> Result<Vec<(TokenId, i64)>, EngineGone> {
+        self.ask(|reply| Command::TokenRevisions { only, reply })
+            .await
     }
 
     /// Disconnect one feed and refuse its token on that source for `ban`.
@@ -587,10 +592,13 @@ impl Engine {
                 let revoked = self.recheck_token(now, token, &mut *judge);
                 let _ = reply.send(revoked);
             }
-            Command::TokenRevisions { reply } => {
+            Command::TokenRevisions { only, reply } => {
                 let mut out = Vec::new();
                 for src in self.sources.values() {
                     src.token_revisions(&mut out);
+                }
+                if let Some(t) = only {
+                    out.retain(|(token, _)| *token == t);
                 }
                 let _ = reply.send(out);
             }
