@@ -3,7 +3,9 @@
 //!
 //! `cargo bench --bench admission` prints criterion's estimates and then a
 //! latency distribution (p50/p99/max) and single-thread throughput measured
-//! over many individual checks. Needs PostgreSQL (`PRIMACY_TEST_DATABASE_URL`,
+//! over many individual checks, and the cost of the periodic token
+//! re-check's revision comparison for 1,000 and 10,000 live tokens. Needs
+//! PostgreSQL (`PRIMACY_TEST_DATABASE_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/postgres`); it creates and
 //! drops a database of its own.
 
@@ -57,6 +59,7 @@ impl Drop for BenchDb {
 }
 
 struct Fixture {
+    url: String,
     _db: BenchDb,
     rt: tokio::runtime::Runtime,
     admission: Arc<Admission>,
@@ -82,6 +85,8 @@ fn fixture() -> Fixture {
         secret_id: Uuid::new_v4(),
         created_at: now,
         updated_at: now,
+        allow_priority_override: false,
+        revision: 1,
     };
     primacy::store::tokens::insert(&mut conn, &row).expect("insert token");
     let keys = Arc::new(KeySet::hs256(
@@ -98,6 +103,7 @@ fn fixture() -> Fixture {
         .build()
         .expect("runtime");
     Fixture {
+        url: db.url.clone(),
         _db: db,
         rt,
         admission,
@@ -154,6 +160,40 @@ fn distribution(f: &Fixture) {
     println!("admission miss   : {n} checks, {rate:.0} checks/s on one thread, p50 {p50:?}, p99 {p99:?}, max {max:?}");
 }
 
+/// The periodic re-check compares the revisions of every live feed's token
+/// with PostgreSQL: what one comparison costs for N live tokens, none of
+/// which changed (the usual case).
+fn revision_sweep(f: &Fixture) {
+    let mut conn = PgConnection::establish(&f.url).expect("connect");
+    diesel::sql_query(
+        "INSERT INTO publish_tokens (id, label, streams, secret_id) \
+         SELECT gen_random_uuid(), 'sweep', '[{\"name\": \"s\", \"is_regex\": false}]', gen_random_uuid() \
+         FROM generate_series(1, 10000)",
+    )
+    .execute(&mut conn)
+    .expect("insert tokens");
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    let ids: Vec<Id> = diesel::sql_query("SELECT id FROM publish_tokens WHERE label = 'sweep'")
+        .load(&mut conn)
+        .expect("ids");
+    for n in [1_000, 10_000] {
+        let live: Vec<(TokenId, i64)> = ids[..n].iter().map(|r| (TokenId(r.id), 1)).collect();
+        let mut samples = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let stale = f.rt.block_on(f.admission.stale(&live)).expect("stale");
+            samples.push(t.elapsed());
+            assert!(stale.is_empty());
+        }
+        let (p50, p99, max) = percentiles(samples);
+        println!("revision sweep   : {n} live tokens, p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let f = fixture();
     c.bench_function("verify_signature_only", |b| {
@@ -174,6 +214,7 @@ fn bench(c: &mut Criterion) {
     // Only in a real benchmark run, not when `cargo test` smoke-runs benches.
     if std::env::args().any(|a| a == "--bench") {
         distribution(&f);
+        revision_sweep(&f);
     }
 }
 

@@ -123,6 +123,11 @@ pub struct AuthConfig {
     pub signing_keys: Vec<SigningKeyConfig>,
     /// How long a cached token row is trusted without an invalidation.
     pub token_cache_ttl_ms: u64,
+    /// How often this node compares the revisions of the token rows its
+    /// live feeds (and its cache) were judged against with PostgreSQL, and
+    /// re-checks the feeds of tokens that changed: a node that missed a
+    /// change message converges within this period.
+    pub token_recheck_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +159,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Largest page a list endpoint returns.
     pub max_per_page: u32,
+    /// `GET /tokens?stream=` requests matching regex rules at the same time;
+    /// more are answered 503 with `Retry-After` (they never hold a database
+    /// connection while matching).
+    pub stream_filter_concurrency: u32,
 }
 
 /// RTMP server limits and options.
@@ -411,6 +420,7 @@ impl Default for AuthConfig {
             active_kid: None,
             signing_keys: Vec::new(),
             token_cache_ttl_ms: 60_000,
+            token_recheck_ms: 2_000,
         }
     }
 }
@@ -420,6 +430,7 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 64 * 1024,
             max_per_page: 500,
+            stream_filter_concurrency: 2,
         }
     }
 }
@@ -670,6 +681,18 @@ impl Config {
         self.validate_keys()?;
         if self.auth.token_cache_ttl_ms == 0 {
             return Err(invalid("auth.token_cache_ttl_ms", "must be greater than 0"));
+        }
+        if !(100..=600_000).contains(&self.auth.token_recheck_ms) {
+            return Err(invalid(
+                "auth.token_recheck_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(1..=64).contains(&self.api.stream_filter_concurrency) {
+            return Err(invalid(
+                "api.stream_filter_concurrency",
+                "must be between 1 and 64",
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.api.max_body_bytes) {
             return Err(invalid(

@@ -200,6 +200,69 @@ impl Priority {
     pub fn rank(self) -> i32 {
         self.0.unwrap_or(i32::MIN)
     }
+
+    /// The effective priority of a feed that asked for `priority=requested`
+    /// on a token of priority `token`: the request may only lower the
+    /// token's priority (`min`), unless the token allows raising it.
+    pub fn pinned(requested: i32, token: Priority, may_raise: bool) -> Priority {
+        let asked = Priority(Some(requested));
+        if may_raise {
+            asked
+        } else {
+            asked.min(token)
+        }
+    }
+}
+
+/// What a publish token granted a live feed when it was admitted, kept
+/// beside the feed so that a later change to the token can be judged
+/// against it (secret refreshed, expiry, streams, addresses, priority
+/// rules). Feeds that no token governs on this node (pull inputs, feeds of
+/// other nodes) have none. `Debug` leaves out the secret id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FeedGrant {
+    /// The secret id (`jti`) the encoder presented.
+    pub secret_id: Uuid,
+    /// The `priority=` publish parameter, if any (the feed is then pinned).
+    pub requested: Option<i32>,
+    /// The token's priority as it applies to this feed: the row's at
+    /// admission, then whatever a Reprioritize set (a plain update applies
+    /// at the next connection).
+    pub token_priority: Priority,
+    /// The token lets `priority=` raise the feed above `token_priority`.
+    pub may_raise: bool,
+    /// When the token expires; the feed is disconnected then.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The token row revision this grant was last judged against.
+    pub revision: i64,
+}
+
+impl fmt::Debug for FeedGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedGrant")
+            .field("requested", &self.requested)
+            .field("token_priority", &self.token_priority)
+            .field("may_raise", &self.may_raise)
+            .field("expires_at", &self.expires_at)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FeedGrant {
+    /// The priority the feed is elected with.
+    pub fn effective_priority(&self) -> Priority {
+        match self.requested {
+            Some(r) => Priority::pinned(r, self.token_priority, self.may_raise),
+            None => self.token_priority,
+        }
+    }
+
+    /// Whether `priority=` asked for more than the token gives.
+    pub fn clamped(&self) -> bool {
+        self.requested
+            .is_some_and(|r| Priority(Some(r)) != self.effective_priority())
+    }
 }
 
 impl PartialOrd for Priority {
@@ -245,6 +308,44 @@ mod tests {
         assert!("cam2".parse::<SourceId>().is_ok());
         assert!("a/b".parse::<SourceId>().is_err());
         assert!("x".repeat(65).parse::<SourceId>().is_err());
+    }
+
+    #[test]
+    fn pinned_priority_may_only_lower_unless_allowed() {
+        let token = Priority(Some(50));
+        assert_eq!(Priority::pinned(i32::MAX, token, false), token);
+        assert_eq!(Priority::pinned(20, token, false), Priority(Some(20)));
+        assert_eq!(
+            Priority::pinned(i32::MAX, token, true),
+            Priority(Some(i32::MAX))
+        );
+        // A token without priority (the lowest) cannot be raised from.
+        assert_eq!(Priority::pinned(5, Priority(None), false), Priority(None));
+        assert_eq!(
+            Priority::pinned(i32::MIN, Priority(None), false),
+            Priority(None)
+        );
+        let g = FeedGrant {
+            secret_id: Uuid::nil(),
+            requested: Some(90),
+            token_priority: Priority(Some(100)),
+            may_raise: false,
+            expires_at: None,
+            revision: 1,
+        };
+        assert_eq!(g.effective_priority(), Priority(Some(90)));
+        assert!(!g.clamped());
+        let lowered = FeedGrant {
+            token_priority: Priority(Some(10)),
+            ..g.clone()
+        };
+        assert_eq!(lowered.effective_priority(), Priority(Some(10)));
+        assert!(lowered.clamped());
+        let unpinned = FeedGrant {
+            requested: None,
+            ..g
+        };
+        assert_eq!(unpinned.effective_priority(), Priority(Some(100)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod election;
 pub mod engine;
 pub mod ingest;
 pub mod lifecycle;
+pub mod live_tokens;
 pub mod media;
 pub mod metrics;
 pub mod relay;

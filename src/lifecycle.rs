@@ -282,6 +282,9 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             relays: relays.clone(),
             started: t0,
             membership: membership.clone(),
+            stream_filter: Arc::new(tokio::sync::Semaphore::new(
+                config.api.stream_filter_concurrency as usize,
+            )),
         },
     )?;
     let handle = server.handle();
@@ -341,6 +344,15 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         cluster: cluster.clone(),
         started_at: chrono::Utc::now(),
     });
+
+    // Live feeds follow their tokens' rows even when a change message is
+    // missed (and on a single node, when a publish raced a change).
+    crate::live_tokens::spawn_sweeper(
+        admission.clone(),
+        engine.clone(),
+        Duration::from_millis(config.auth.token_recheck_ms),
+        stop.clone(),
+    );
 
     let step = Step::begin(7, "ready");
     readiness.set_ready();

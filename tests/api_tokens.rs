@@ -749,13 +749,14 @@ fn patch_rejects_invalid_changes_atomically() {
             json!({"label": "renamed", "remove_streams": [{"name": "a"}, {"name": "b"}]}),
             "streams",
         ),
+        // An added entry is named by its place in the request.
         (
             json!({"add_streams": [{"name": "(", "is_regex": true}]}),
-            "streams[2].name",
+            "add_streams[0].name",
         ),
         (
-            json!({"add_streams": [{"name": "bad name"}]}),
-            "streams[2].name",
+            json!({"add_streams": [{"name": "ok"}, {"name": "bad name"}]}),
+            "add_streams[1].name",
         ),
         (
             json!({"add_streams": (0..63).map(|i| json!({"name": format!("n{i}")})).collect::<Vec<_>>()}),
@@ -1123,4 +1124,153 @@ fn empty_patch_is_refused_and_not_audited() {
         None,
     );
     assert_eq!(audit["total"], 1, "only the create is audited: {audit}");
+}
+
+// ---------------------------------------------------------------- hostile input
+
+/// A regex rule must be a complete regular expression on its own: one that
+/// would close the gateway's anchoring group and open its own (`a)|(.*`)
+/// or end in an escape that would eat a closing parenthesis is refused
+/// with 422, never stored, and never allows every stream; an `(?x)`
+/// comment cannot swallow the anchoring either.
+#[test]
+fn regex_rules_cannot_escape_their_anchoring() {
+    let c = Ctx::new();
+    let escapes = [
+        "teamA/[a-z0-9]+)|(.*",
+        "x)|(?:.*",
+        ".*)|(",
+        "abc\\",
+        "a|b)|(c",
+    ];
+    for rule in escapes {
+        let (st, v) = c.call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"label": "x", "streams": [{"name": rule, "is_regex": true}]})),
+        );
+        let m = assert_error(st, &v, 422, "validation_failed");
+        assert!(m.starts_with("streams[0].name"), "{rule}: {m}");
+    }
+    // Nor through PATCH.
+    let id = c.create_simple("ok", json!([{"name": "teamA/[a-z0-9]+", "is_regex": true}]));
+    let (st, v) = c.call(
+        "PATCH",
+        &format!("/api/v1/tokens/{id}"),
+        Some(json!({"add_streams": [{"name": "teamA/[a-z0-9]+)|(.*", "is_regex": true}]})),
+    );
+    assert_error(st, &v, 422, "validation_failed");
+    assert_eq!(c.list("")["total"], 1, "nothing else was stored");
+    // The valid rule matches only what it says.
+    assert_eq!(c.list_ids("?stream=teamA%2Fcam1"), vec![id.clone()]);
+    assert_eq!(c.list_ids("?stream=teamB%2Fcam1"), Vec::<String>::new());
+    assert_eq!(c.list_ids("?stream=anything"), Vec::<String>::new());
+    // Alternations inside a complete rule stay anchored as a whole.
+    let alt = c.create_simple("alt", json!([{"name": "a|b", "is_regex": true}]));
+    assert_eq!(c.list_ids("?stream=a"), vec![alt.clone()]);
+    assert_eq!(c.list_ids("?stream=ab"), Vec::<String>::new());
+    assert_eq!(c.list_ids("?stream=xb"), Vec::<String>::new());
+    let commented = c.create_simple("x", json!([{"name": "(?x)zz#)|(.*", "is_regex": true}]));
+    assert_eq!(c.list_ids("?stream=zz"), vec![commented]);
+    assert_eq!(c.list_ids("?stream=zzz"), Vec::<String>::new());
+}
+
+/// A NUL, a newline or another control character in any string field or
+/// filter of every token route is a 422 naming the field (a malformed id,
+/// bool or number is a 400), never a 500, and changes nothing.
+#[test]
+fn control_characters_in_any_field_are_422_never_500() {
+    let c = Ctx::new();
+    let (id, _, _) = c.create(json!({"label": "x", "streams": [{"name": "s"}]}));
+    let bad_strings = ["a\u{0}b", "a\nb", "a\u{7f}", "\u{1b}[31m"];
+    for bad in bad_strings {
+        let creates = [
+            ("label", json!({"label": bad, "streams": [{"name": "s"}]})),
+            (
+                "streams[0].name",
+                json!({"label": "x", "streams": [{"name": bad}]}),
+            ),
+            (
+                "streams[0].name",
+                json!({"label": "x", "streams": [{"name": bad, "is_regex": true}]}),
+            ),
+            (
+                "allowed_ips[0]",
+                json!({"label": "x", "streams": [{"name": "s"}], "allowed_ips": [bad]}),
+            ),
+        ];
+        for (field, body) in creates {
+            let (st, v) = c.call("POST", "/api/v1/tokens", Some(body.clone()));
+            let m = assert_error(st, &v, 422, "validation_failed");
+            assert!(m.starts_with(field), "{body}: {m}");
+        }
+        let patches = [
+            ("label", json!({"label": bad})),
+            (
+                "add_streams[0].name",
+                json!({"add_streams": [{"name": bad}]}),
+            ),
+            (
+                "add_streams[0].name",
+                json!({"add_streams": [{"name": bad, "is_regex": true}]}),
+            ),
+            (
+                "remove_streams[0].name",
+                json!({"remove_streams": [{"name": bad, "is_regex": true}]}),
+            ),
+            ("allowed_ips[0]", json!({"allowed_ips": [bad]})),
+        ];
+        for (field, body) in patches {
+            let (st, v) = c.call("PATCH", &format!("/api/v1/tokens/{id}"), Some(body.clone()));
+            let m = assert_error(st, &v, 422, "validation_failed");
+            assert!(m.starts_with(field), "{body}: {m}");
+        }
+    }
+    for q in ["label=a%00b", "label=%0A", "stream=a%00b", "stream=%0D%0A"] {
+        let (st, v) = c.call("GET", &format!("/api/v1/tokens?{q}"), None);
+        let m = assert_error(st, &v, 422, "validation_failed");
+        assert!(m.starts_with(q.split('=').next().unwrap()), "{q}: {m}");
+    }
+    // Typed parameters: malformed, 400.
+    for q in ["enabled=%00", "page=%00", "per_page=1%00"] {
+        let (st, v) = c.call("GET", &format!("/api/v1/tokens?{q}"), None);
+        assert_error(st, &v, 400, "bad_request");
+    }
+    for (method, path, body) in [
+        ("GET", "/api/v1/tokens/a%00b".to_owned(), None),
+        (
+            "PATCH",
+            "/api/v1/tokens/%00".to_owned(),
+            Some(json!({"label": "y"})),
+        ),
+        ("DELETE", "/api/v1/tokens/%00".to_owned(), None),
+        ("POST", "/api/v1/tokens/%00/refresh".to_owned(), None),
+        (
+            "POST",
+            "/api/v1/tokens/%00/reprioritize".to_owned(),
+            Some(json!({"priority": 1})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/tokens/{id}/reprioritize"),
+            Some(json!({"priority": "\u{0}"})),
+        ),
+        (
+            "POST",
+            "/api/v1/tokens".to_owned(),
+            Some(json!({"label": "x", "streams": [{"name": "s"}], "expires_at": "\u{0}"})),
+        ),
+    ] {
+        let (st, v) = c.call(method, &path, body);
+        assert_error(st, &v, 400, "bad_request");
+    }
+    // Nothing changed, nothing more stored.
+    assert_eq!(c.list("")["total"], 1);
+    let (_, t) = c.call("GET", &format!("/api/v1/tokens/{id}"), None);
+    assert_eq!(t["label"], "x", "{t}");
+    assert_eq!(
+        t["streams"],
+        json!([{"name": "s", "is_regex": false}]),
+        "{t}"
+    );
 }

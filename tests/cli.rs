@@ -190,6 +190,28 @@ fn token_lifecycle_through_the_cli() {
     ]));
     assert_eq!(updated["streams"].as_array().unwrap().len(), 1);
     assert_eq!(updated["allowed_ips"], serde_json::json!([]));
+    // priority= may only lower unless the token allows raising.
+    assert_eq!(updated["allow_priority_override"], false);
+    let updated = json(&run_ok(&[
+        "update",
+        &id,
+        "--allow-priority-override",
+        "true",
+        "--json",
+    ]));
+    assert_eq!(updated["allow_priority_override"], true);
+    let raising = json(&run_ok(&[
+        "create",
+        "--label",
+        "raising",
+        "--stream",
+        "match9",
+        "--allow-priority-override",
+        "--json",
+    ]));
+    assert_eq!(raising["token"]["allow_priority_override"], true);
+    let raising_id = raising["token"]["id"].as_str().unwrap().to_owned();
+    run_ok(&["delete", &raising_id]);
     let err = run_fails(&["update", &id]);
     assert!(err.contains("nothing to change"), "{err}");
     let err = run_fails(&["update", &id, "--remove-stream", "match1"]);

@@ -765,6 +765,7 @@ fn bench_redis_commands_at_rest() {
                 pinned: false,
                 protocol: Protocol::Rtmp,
                 peer: "127.0.0.1:1".parse().unwrap(),
+                grant: None,
             };
             v.push(engine.publish(key, meta).await.unwrap().unwrap());
         }

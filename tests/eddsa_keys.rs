@@ -43,6 +43,7 @@ fn auth(private: Option<PathBuf>, public: PathBuf) -> AuthConfig {
             public_key_pem_file: Some(public),
         }],
         token_cache_ttl_ms: 60_000,
+        ..AuthConfig::default()
     }
 }
 

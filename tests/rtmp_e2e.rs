@@ -335,7 +335,8 @@ fn reprioritize_in_place_and_pinned_feeds() {
     let e = Env::start();
     let (hi_id, hi) = e.token("primary", &["match1"], Some(100));
     let (lo_id, lo) = e.token("backup", &["match1"], Some(50));
-    let (pin_id, pin) = e.token("pinned", &["match2"], Some(1));
+    // priority= may only lower the token's priority (token 1000, feed 500).
+    let (pin_id, pin) = e.token("pinned", &["match2"], Some(1000));
     let a = publish(Fixture::A, &e.rtmp(&format!("match1?token={hi}")));
     let _b = publish(Fixture::B, &e.rtmp(&format!("match1?token={lo}")));
     let _p = publish(
@@ -371,12 +372,14 @@ fn reprioritize_in_place_and_pinned_feeds() {
         10
     );
 
-    // A feed with priority= in its URL is pinned: reported and untouched.
+    // A feed with priority= in its URL is pinned: reported and not
+    // disconnected; above its pinned value the token's priority leaves it
+    // as it is (below, it would cap it: tests/token_live_feeds.rs).
     let (st, v) = e.s.call(
         "POST",
         &format!("/api/v1/tokens/{pin_id}/reprioritize"),
         Some(&e.key),
-        Some(r#"{"priority": 2, "disconnect": true}"#),
+        Some(r#"{"priority": 600, "disconnect": true}"#),
     );
     assert_eq!(st, 200, "{v}");
     assert!(v["affected"].as_array().unwrap().is_empty(), "{v}");

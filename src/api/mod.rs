@@ -126,6 +126,9 @@ pub struct AppState {
     pub started: Instant,
     /// This node's place in the cluster (set when it joins).
     pub membership: crate::cluster::MembershipSlot,
+    /// Permits for `GET /tokens?stream=` regex matching
+    /// (`api.stream_filter_concurrency`).
+    pub stream_filter: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -1,242 +1,51 @@
 //! `/api/v1/tokens`: publish tokens. Handlers validate, run one store
-//! transaction (row + audit record), invalidate the admission cache and map
-//! the result. A secret is returned only by create and refresh.
+//! transaction (row + audit record), then apply the change to the token's
+//! live feeds here and on every other node ([`crate::live_tokens`]), and
+//! map the result. A secret is returned only by create and refresh. No
+//! handler holds a database connection while matching regex rules.
+
+mod model;
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+pub use model::{
+    AffectedFeed, CreateToken, Reprioritize, ReprioritizeResult, Token, TokenListQuery,
+    TokenWithSecret, UpdateToken,
+};
 
 use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
-use crate::auth::tokens::{check_label, invalid, normalize_ips, StreamRule, TokenRules};
+use crate::auth::tokens::{
+    check_label, check_no_control, check_rule, invalid, normalize_ips, StreamRule, TokenRules,
+    LABEL_MAX,
+};
 use crate::cluster::Command;
 use crate::domain::{StreamName, TokenId};
 use crate::store::audit::NewAudit;
 use crate::store::tokens::{self as q, TokenRow};
 use crate::store::{self, StoreError};
 
-/// A publish token as operators see it (never with its secret).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Token {
-    pub id: Uuid,
-    #[schema(example = "venue-a primary")]
-    pub label: String,
-    /// Higher wins; `null` is the lowest priority.
-    #[schema(example = 100)]
-    pub priority: Option<i32>,
-    pub streams: Vec<StreamRule>,
-    /// CIDRs the encoder may publish from; empty means any address.
-    #[schema(example = json!(["203.0.113.0/24"]))]
-    pub allowed_ips: Vec<String>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub enabled: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl Token {
-    pub fn from_row(row: &TokenRow) -> Self {
-        Self {
-            id: row.id,
-            label: row.label.clone(),
-            priority: row.priority,
-            streams: serde_json::from_value(row.streams.clone()).unwrap_or_default(),
-            allowed_ips: row.allowed_ips.iter().flatten().cloned().collect(),
-            expires_at: row.expires_at,
-            enabled: row.enabled,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
-    }
-
-    fn audit_value(row: &TokenRow) -> serde_json::Value {
-        serde_json::to_value(Self::from_row(row)).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// A token with its publish secret: returned once, by create and refresh.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenWithSecret {
-    pub token: Token,
-    /// The secret encoders put in `?token=` (RTMP) or `s=` (SRT). Shown only
-    /// now; refresh issues a new one and invalidates this one.
-    #[schema(
-        example = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiIuLi4ifQ.c2ln"
-    )]
-    pub secret: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    /// 1–128 characters.
-    #[schema(example = "venue-a primary")]
-    pub label: String,
-    #[serde(default)]
-    #[schema(example = 100)]
-    pub priority: Option<i32>,
-    /// 1–64 entries.
-    pub streams: Vec<StreamRule>,
-    #[serde(default)]
-    pub allowed_ips: Vec<String>,
-    /// Absolute expiry. Exclusive with `expires_in_seconds`.
-    #[serde(default)]
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Expiry relative to now. Exclusive with `expires_at`.
-    #[serde(default)]
-    #[schema(example = 86400)]
-    pub expires_in_seconds: Option<u32>,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Distinguish an absent field (`None`) from an explicit `null`
-/// (`Some(None)`).
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// Every field is optional; absent fields are left as they are.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateToken {
-    pub label: Option<String>,
-    /// A new priority, or `null` for the lowest. Applies at each feed's next
-    /// connection; use reprioritize to apply it now.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
-    pub priority: Option<Option<i32>>,
-    pub add_streams: Option<Vec<StreamRule>>,
-    pub remove_streams: Option<Vec<StreamRule>>,
-    /// Replaces the allow-list; `[]` allows any address.
-    pub allowed_ips: Option<Vec<String>>,
-    /// A new expiry, or `null` for none.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<DateTime<Utc>>)]
-    pub expires_at: Option<Option<DateTime<Utc>>>,
-    pub enabled: Option<bool>,
-}
-
-impl UpdateToken {
-    fn is_empty(&self) -> bool {
-        self.label.is_none()
-            && self.priority.is_none()
-            && self.add_streams.is_none()
-            && self.remove_streams.is_none()
-            && self.allowed_ips.is_none()
-            && self.expires_at.is_none()
-            && self.enabled.is_none()
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Reprioritize {
-    /// The new priority (`null` for the lowest). Required.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>, example = 50)]
-    pub priority: Option<Option<i32>>,
-    /// `true` (default): disconnect the token's non-pinned feeds so they
-    /// reconnect with the new priority (planned switch first when on air).
-    /// `false`: re-elect in place without reconnecting.
-    #[serde(default = "yes")]
-    pub disconnect: bool,
-}
-
-/// A live feed touched by a reprioritize.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AffectedFeed {
-    pub feed_id: Uuid,
-    pub stream: String,
-    pub source_id: String,
-    pub node: String,
-    pub region: String,
-    /// `rtmp`, `srt` or `pull`.
-    pub protocol: String,
-    /// Whether the feed was on air when the call arrived.
-    pub was_primary: bool,
-}
-
-impl AffectedFeed {
-    pub fn from_view(v: &crate::engine::FeedView) -> Self {
-        Self {
-            feed_id: v.feed_id,
-            stream: v.stream.clone(),
-            source_id: v.source_id.clone(),
-            node: v.node.clone(),
-            region: v.region.clone(),
-            protocol: v.protocol.clone(),
-            was_primary: v.primary,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ReprioritizeResult {
-    pub token: Token,
-    pub previous_priority: Option<i32>,
-    pub disconnect: bool,
-    /// Feeds switched and disconnected (or re-elected in place).
-    pub affected: Vec<AffectedFeed>,
-    /// Feeds of this token with a `priority=` publish parameter: untouched.
-    pub pinned: Vec<AffectedFeed>,
-    /// Live nodes of the cluster that did not answer within
-    /// `cluster.ack_timeout_ms` (their feeds are not in the lists).
-    pub unanswered: Vec<crate::cluster::NodeRef>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct TokenListQuery {
-    /// Case-insensitive substring of the label.
-    pub label: Option<String>,
-    /// Only tokens allowed to publish this stream name (exact or regex entry).
-    pub stream: Option<String>,
-    pub enabled: Option<bool>,
-    /// 1-based page number (default 1).
-    pub page: Option<u32>,
-    /// Items per page (default 50, at most the server's `api.max_per_page`).
-    pub per_page: Option<u32>,
-}
-
-/// Drop the cached row here and on every other node.
-fn invalidate(state: &AppState, id: Uuid) {
-    state.admission.invalidate(TokenId(id));
-    if let Some(c) = state.cluster() {
-        c.send(Command::TokenChanged { token: TokenId(id) });
-    }
-}
-
-/// Disconnect a token's live feeds at once (disabled or deleted). The row
-/// is already changed, so their reconnects are refused.
-async fn disconnect_feeds(state: &AppState, id: Uuid, reason: &str) {
-    match state.engine.token_revoked(TokenId(id), reason).await {
-        Ok(gone) if !gone.is_empty() => {
-            tracing::info!(token_id = %id, feeds = gone.len(), reason, "disconnected the token's feeds")
-        }
+/// Apply a change of the token's row to its live feeds: here first (so a
+/// node never needs Redis to act on its own feeds), then on every other
+/// node, waiting for their answers a bounded time. A node that does not
+/// answer converges through its periodic re-check.
+async fn apply_change(state: &AppState, id: Uuid) {
+    let token = TokenId(id);
+    match crate::live_tokens::recheck(&state.admission, &state.engine, token).await {
         Ok(_) => {}
-        Err(_) => tracing::warn!(token_id = %id, "engine stopped; feeds not disconnected"),
+        Err(e) => {
+            state.admission.invalidate(token);
+            tracing::warn!(token_id = %id, error = %e, "cannot re-check the token's live feeds now; the periodic re-check will");
+        }
     }
     if let Some(c) = state.cluster() {
-        let g = c
-            .broadcast(Command::DisconnectToken {
-                token: TokenId(id),
-                reason: reason.to_owned(),
-            })
-            .await;
+        let g = c.broadcast(Command::TokenChanged { token }).await;
         let remote: usize = g.acks.iter().map(|a| a.outcome.affected.len()).sum();
         if remote > 0 {
-            tracing::info!(token_id = %id, feeds = remote, reason, "other nodes disconnected the token's feeds");
+            tracing::info!(token_id = %id, feeds = remote, "other nodes disconnected feeds the token no longer allows");
         }
     }
 }
@@ -297,6 +106,8 @@ pub async fn create(
         id: Uuid::new_v4(),
         label: body.label,
         priority: body.priority,
+        allow_priority_override: body.allow_priority_override,
+        revision: 1,
         streams: serde_json::to_value(&body.streams).map_err(|_| ApiError::internal())?,
         allowed_ips: ips.into_iter().map(Some).collect(),
         expires_at,
@@ -353,10 +164,11 @@ fn sign(state: &AppState, row: &TokenRow) -> Result<String, ApiError> {
     params(TokenListQuery),
     responses(
         (status = 200, description = "One page of tokens", body = Page<Token>),
-        (status = 400, description = "Malformed query", body = ErrorBody),
+        (status = 400, description = "Malformed query (a bool or number that does not parse)", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 422, description = "Invalid stream name or page size", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 422, description = "Invalid stream name, label filter (control characters, over 128 characters) or page size", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or (`busy`, with `Retry-After`) more stream-filtered listings at once than `api.stream_filter_concurrency`", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait (`busy` only)"))),
     ),
     security(("api_key" = [])))]
 pub async fn list(
@@ -366,11 +178,20 @@ pub async fn list(
 ) -> Result<web::Json<Page<Token>>, ApiError> {
     let query = query.into_inner();
     let (page, per_page) = super::paging(query.page, query.per_page, &state)?;
-    let stream = match &query.stream {
-        Some(s) => Some(
-            s.parse::<StreamName>()
-                .map_err(|e| ApiError::unprocessable(format!("stream: {e}")))?,
-        ),
+    if let Some(label) = &query.label {
+        check_no_control("label", label)?;
+        if label.chars().count() > LABEL_MAX {
+            return Err(invalid("label", format!("at most {LABEL_MAX} characters")).into());
+        }
+    }
+    let ids = match &query.stream {
+        Some(s) => {
+            check_no_control("stream", s)?;
+            let stream = s
+                .parse::<StreamName>()
+                .map_err(|e| ApiError::unprocessable(format!("stream: {e}")))?;
+            Some(token_ids_for_stream(&state, stream).await?)
+        }
         None => None,
     };
     let filter_label = query.label.clone();
@@ -378,10 +199,6 @@ pub async fn list(
     let (rows, total) = state
         .db
         .run(move |c| {
-            let ids = match &stream {
-                Some(s) => Some(token_ids_for_stream(c, s)?),
-                None => None,
-            };
             q::list(
                 c,
                 &q::ListFilter {
@@ -403,24 +220,48 @@ pub async fn list(
 }
 
 /// Exact entries are found by the database; regex entries are matched here
-/// with the same engine admission uses, so the listing never disagrees with
-/// who may actually publish.
-fn token_ids_for_stream(
-    c: &mut diesel::PgConnection,
-    stream: &StreamName,
-) -> Result<Vec<Uuid>, StoreError> {
-    let mut ids = q::ids_with_exact_stream(c, stream.as_str())?;
-    for (id, streams) in q::with_regex_streams(c)? {
-        let Ok(rules) = serde_json::from_value::<Vec<StreamRule>>(streams) else {
-            continue;
-        };
-        let regexes: Vec<StreamRule> = rules.into_iter().filter(|r| r.is_regex).collect();
-        if let Ok(compiled) = TokenRules::compile(&regexes, &[]) {
-            if compiled.allows_stream(stream) {
-                ids.push(id);
-            }
-        }
-    }
+/// with the same engine (and the same compiled-rule cache) admission uses,
+/// so the listing never disagrees with who may actually publish. The rows
+/// are read first and the connection returned before any regex work, which
+/// runs on the blocking pool under one of `api.stream_filter_concurrency`
+/// permits; without a free permit the answer is 503 `busy`.
+async fn token_ids_for_stream(state: &AppState, stream: StreamName) -> Result<Vec<Uuid>, ApiError> {
+    let _permit = state
+        .stream_filter
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::busy(
+                "too many stream-filtered token listings at once; retry shortly",
+                1,
+            )
+        })?;
+    let name = stream.as_str().to_owned();
+    let (mut ids, regex_rows) = state
+        .db
+        .run(move |c| {
+            Ok((
+                q::ids_with_exact_stream(c, &name)?,
+                q::with_regex_streams(c)?,
+            ))
+        })
+        .await?;
+    let rules = state.admission.rules().clone();
+    let matched = tokio::task::spawn_blocking(move || {
+        regex_rows
+            .into_iter()
+            .filter_map(|(id, streams)| {
+                let entries: Vec<StreamRule> = serde_json::from_value(streams).ok()?;
+                rules.regex_rules_allow(&entries, &stream).then_some(id)
+            })
+            .collect::<Vec<Uuid>>()
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "stream filter task failed");
+        ApiError::internal()
+    })?;
+    ids.extend(matched);
     ids.sort();
     ids.dedup();
     Ok(ids)
@@ -463,6 +304,15 @@ fn apply_patch(
     }
     if let Some(p) = patch.priority {
         row.priority = p;
+    }
+    if let Some(o) = patch.allow_priority_override {
+        row.allow_priority_override = o;
+    }
+    for (i, r) in patch.remove_streams.iter().flatten().enumerate() {
+        check_no_control(format!("remove_streams[{i}].name"), &r.name)?;
+    }
+    for (i, r) in patch.add_streams.iter().flatten().enumerate() {
+        check_rule(format!("add_streams[{i}].name"), r)?;
     }
     if patch.add_streams.is_some() || patch.remove_streams.is_some() {
         let mut streams: Vec<StreamRule> =
@@ -531,22 +381,21 @@ pub async fn update(
     let patch = body.into_inner();
     if patch.is_empty() {
         return Err(ApiError::unprocessable(
-            "nothing to change: give at least one of label, priority, add_streams, remove_streams, allowed_ips, expires_at, enabled",
+            "nothing to change: give at least one of label, priority, allow_priority_override, add_streams, remove_streams, allowed_ips, expires_at, enabled",
         ));
     }
     let actor = auth.actor();
-    let (before, row) = write_token(&state, id, actor, "token.update", move |row| {
+    let (_, row) = write_token(&state, id, actor, "token.update", move |row| {
         apply_patch(row, &patch, Utc::now())
     })
     .await?;
-    if before.enabled && !row.enabled {
-        disconnect_feeds(&state, id, "token disabled").await;
-    }
+    apply_change(&state, id).await;
     Ok(web::Json(Token::from_row(&row)))
 }
 
 /// Lock the row, let `change` edit it, save it and audit before/after, in
-/// one transaction; then drop the cached row.
+/// one transaction; then drop this node's cached row (the caller applies
+/// the change to live feeds and other nodes).
 async fn write_token<F>(
     state: &AppState,
     id: Uuid,
@@ -597,7 +446,7 @@ where
         .map_err(|e| ApiError::from_store(e, "token"))?;
     match result {
         Ok((before, after)) => {
-            invalidate(state, id);
+            state.admission.invalidate(TokenId(id));
             tracing::info!(token_id = %id, action, "publish token changed");
             Ok((before, after))
         }
@@ -606,7 +455,8 @@ where
     }
 }
 
-/// Issue a new secret; the old one stops verifying at once.
+/// Issue a new secret; the old one stops verifying at once, and the live
+/// feeds publishing with it are disconnected on every node.
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/refresh", tag = "tokens",
     params(("id" = Uuid, Path, description = "Token id")),
     responses(
@@ -639,6 +489,8 @@ pub async fn refresh(
         },
     )
     .await?;
+    // The old secret's live feeds go now, here and on every node.
+    apply_change(&state, row.id).await;
     let secret = sign(&state, &row)?;
     Ok(web::Json(TokenWithSecret {
         token: Token::from_row(&row),
@@ -652,7 +504,10 @@ pub async fn refresh(
 /// `disconnect: true` the token's non-pinned live feeds are switched away
 /// (planned) and disconnected so they reconnect with the new priority; with
 /// `false` they are re-elected in place. Feeds with a `priority=` publish
-/// parameter are pinned: untouched and listed under `pinned`.
+/// parameter are pinned: never disconnected, listed under `pinned`, and
+/// re-elected in place at min(their `priority=`, the new priority) unless
+/// the token allows raising, so lowering a token takes the air from all of
+/// its feeds.
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/reprioritize", tag = "tokens",
     params(("id" = Uuid, Path, description = "Token id")),
     request_body = Reprioritize,
@@ -720,7 +575,8 @@ pub async fn reprioritize(
     }))
 }
 
-/// Delete a publish token; its secret stops verifying at once.
+/// Delete a publish token; its secret stops verifying at once and its live
+/// feeds are disconnected on every node.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
     params(("id" = Uuid, Path, description = "Token id")),
     responses(
@@ -759,8 +615,8 @@ pub async fn delete(
         })
         .await
         .map_err(|e| ApiError::from_store(e, "token"))?;
-    invalidate(&state, id);
-    disconnect_feeds(&state, id, "token deleted").await;
+    state.admission.invalidate(TokenId(id));
+    apply_change(&state, id).await;
     tracing::info!(token_id = %id, "publish token deleted");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -115,10 +115,15 @@ pub enum TokenCommand {
         /// Higher wins; omit for the lowest.
         #[arg(long, allow_negative_numbers = true)]
         priority: Option<i32>,
+        /// Let a `priority=` publish parameter raise a feed above --priority
+        /// (without it, `priority=` may only lower it; higher is clamped).
+        #[arg(long)]
+        allow_priority_override: bool,
         /// A stream name the token may publish. Repeatable.
         #[arg(long = "stream")]
         streams: Vec<String>,
-        /// A regular expression (anchored) of stream names. Repeatable.
+        /// A regular expression of stream names, complete on its own and
+        /// matching whole names (anchored). Repeatable.
         #[arg(long = "stream-regex")]
         stream_regexes: Vec<String>,
         /// A CIDR or address the encoder may publish from. Repeatable.
@@ -149,7 +154,10 @@ pub enum TokenCommand {
     },
     /// Show one token.
     Show { id: uuid::Uuid },
-    /// Change a token (a priority set here applies at the next connection).
+    /// Change a token. A priority set here applies at the next connection;
+    /// every other change applies to live feeds at once (removed streams,
+    /// addresses no longer allowed, expiry, disable: their feeds are
+    /// disconnected).
     Update {
         id: uuid::Uuid,
         #[arg(long)]
@@ -159,6 +167,10 @@ pub enum TokenCommand {
         /// Set the priority to none (the lowest).
         #[arg(long)]
         clear_priority: bool,
+        /// Whether `priority=` may raise a feed above the token's priority
+        /// (true/false).
+        #[arg(long)]
+        allow_priority_override: Option<bool>,
         #[arg(long = "add-stream")]
         add_streams: Vec<String>,
         #[arg(long = "add-stream-regex")]
@@ -192,7 +204,8 @@ pub enum TokenCommand {
         #[arg(long)]
         no_disconnect: bool,
     },
-    /// Issue a new secret; the old one stops working.
+    /// Issue a new secret; the old one stops working and its live feeds are
+    /// disconnected.
     Refresh { id: uuid::Uuid },
     /// Disable a token.
     Disable { id: uuid::Uuid },
@@ -327,6 +340,7 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
         TokenCommand::Create {
             label,
             priority,
+            allow_priority_override,
             streams,
             stream_regexes,
             allow_ips,
@@ -340,6 +354,7 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             let mut body = json!({
                 "label": label,
                 "priority": priority,
+                "allow_priority_override": allow_priority_override,
                 "streams": rules(&streams, &stream_regexes),
                 "allowed_ips": allow_ips,
                 "enabled": !disabled,
@@ -393,6 +408,7 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             label,
             priority,
             clear_priority,
+            allow_priority_override,
             add_streams,
             add_stream_regexes,
             remove_streams,
@@ -413,6 +429,9 @@ fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             }
             if clear_priority {
                 body.insert("priority".into(), Value::Null);
+            }
+            if let Some(o) = allow_priority_override {
+                body.insert("allow_priority_override".into(), json!(o));
             }
             let add = rules(&add_streams, &add_stream_regexes);
             if !add.is_empty() {

@@ -16,7 +16,8 @@ use crate::engine::{FeedView, ReprioritizeReport};
 pub enum Command {
     /// The token was disabled or deleted: disconnect its feeds now.
     DisconnectToken { token: TokenId, reason: String },
-    /// The token row changed: drop it from the admission cache.
+    /// The token row changed: re-read it and disconnect the live feeds it
+    /// no longer allows (answered with those feeds).
     TokenChanged { token: TokenId },
     /// Reprioritize (the row is already updated): switch and disconnect the
     /// token's non-pinned feeds, or re-elect in place.

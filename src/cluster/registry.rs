@@ -169,6 +169,7 @@ impl FeedRecord {
                     .peer
                     .parse()
                     .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                grant: None,
             },
             node: self.node.clone(),
             region: self.region.clone(),

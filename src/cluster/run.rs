@@ -725,7 +725,17 @@ async fn on_command(inner: &Arc<Inner>, env: Envelope) {
                 outcome.affected = gone;
             }
         }
-        Command::TokenChanged { token } => inner.admission.invalidate(token),
+        Command::TokenChanged { token } => {
+            match crate::live_tokens::recheck(&inner.admission, e, token).await {
+                Ok(revoked) => outcome.affected = revoked.into_iter().map(|r| r.view).collect(),
+                Err(err) => {
+                    // The cached row is dropped either way; the periodic
+                    // re-check judges the feeds once the row can be read.
+                    inner.admission.invalidate(token);
+                    tracing::warn!(token_id = %token, error = %err, "cannot re-check a changed token's feeds now");
+                }
+            }
+        }
         Command::Reprioritize {
             token,
             priority,

@@ -12,6 +12,7 @@ mod feed_players;
 mod player;
 mod remote;
 mod source;
+mod tokens;
 pub mod view;
 
 #[cfg(test)]
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::domain::{FeedId, Priority, SourceId, StreamName, TokenId};
+use crate::domain::{FeedGrant, FeedId, Priority, SourceId, StreamName, TokenId};
 use crate::media::{CodecConfig, Frame};
 use crate::metrics::Metrics;
 pub use player::{PlayerFormat, PlayerItem};
@@ -68,11 +69,36 @@ pub struct FeedMeta {
     pub token_id: TokenId,
     pub label: String,
     pub priority: Priority,
-    /// Set by a `priority=` publish parameter: overrides the token's, and
-    /// Reprioritize leaves the feed alone.
+    /// Set by a `priority=` publish parameter (which may only lower the
+    /// token's priority unless the token allows raising): Reprioritize does
+    /// not disconnect the feed, and caps it by the token's new priority.
     pub pinned: bool,
     pub protocol: Protocol,
     pub peer: SocketAddr,
+    /// What the token granted this feed at admission (`None`: pull inputs
+    /// and other nodes' feeds, which no token governs here).
+    pub grant: Option<FeedGrant>,
+}
+
+/// What a re-check decided for one live feed of a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// Still allowed; its grant brought up to date.
+    Keep(FeedGrant),
+    /// No longer allowed: disconnect it, with this reason.
+    Revoke(String),
+}
+
+/// Judges one live feed of a token from its source, its peer address and
+/// its grant. Runs inside the engine task: must be quick and must not block.
+pub type TokenJudge =
+    Box<dyn FnMut(&SourceKey, SocketAddr, &FeedGrant) -> Recheck + Send + 'static>;
+
+/// A feed disconnected because its token no longer allows it.
+#[derive(Debug, Clone)]
+pub struct RevokedFeed {
+    pub view: FeedView,
+    pub reason: String,
 }
 
 /// Media from a publishing session.
@@ -151,6 +177,15 @@ pub(crate) enum Command {
         token: TokenId,
         reason: String,
         reply: oneshot::Sender<Vec<FeedView>>,
+    },
+    RecheckToken {
+        token: TokenId,
+        judge: TokenJudge,
+        reply: oneshot::Sender<Vec<RevokedFeed>>,
+    },
+    TokenRevisions {
+        only: Option<TokenId>,
+        reply: oneshot::Sender<Vec<(TokenId, i64)>>,
     },
     Kick {
         feed: FeedId,
@@ -258,6 +293,32 @@ impl EngineHandle {
             reply,
         })
         .await
+    }
+
+    /// Judge every local feed of `token` with `judge` (against the token's
+    /// current row): keep it, with its grant brought up to date, or
+    /// disconnect it. Returns the feeds disconnected.
+    pub async fn recheck_token(
+        &self,
+        token: TokenId,
+        judge: TokenJudge,
+    ) -> Result<Vec<RevokedFeed>, EngineGone> {
+        self.ask(|reply| Command::RecheckToken {
+            token,
+            judge,
+            reply,
+        })
+        .await
+    }
+
+    /// (token, row revision judged against) of every local feed a token
+    /// governs (of `only` that token, when given), one entry per feed.
+    pub async fn token_revisions(
+        &self,
+        only: Option<TokenId>,
+    ) -> Result<Vec<(TokenId, i64)>, EngineGone> {
+        self.ask(|reply| Command::TokenRevisions { only, reply })
+            .await
     }
 
     /// Disconnect one feed and refuse its token on that source for `ban`.
@@ -387,6 +448,7 @@ pub fn spawn(
         bans: HashMap::new(),
         next_player: 1,
         draining: false,
+        next_expiry: None,
     };
     let task = tokio::spawn(engine.run(rx, cancel));
     (EngineHandle { tx, changes }, task)
@@ -401,6 +463,9 @@ struct Engine {
     bans: HashMap<(TokenId, SourceKey), Instant>,
     next_player: u64,
     draining: bool,
+    /// The earliest token expiry among local feeds (may be stale-early:
+    /// then the next look finds nothing to expire and recomputes it).
+    next_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Engine {
@@ -447,6 +512,7 @@ impl Engine {
                 }
                 let (ctl_tx, ctl_rx) = mpsc::channel(4);
                 let id = meta.id;
+                self.note_expiry(meta.grant.as_ref().and_then(|g| g.expires_at));
                 self.feed_index.insert(id, key.clone());
                 self.source_mut(&key).feed_joined(now, meta, ctl_tx);
                 let _ = reply.send(Ok(FeedHandle {
@@ -518,6 +584,24 @@ impl Engine {
                 }
                 let _ = reply.send(gone);
             }
+            Command::RecheckToken {
+                token,
+                mut judge,
+                reply,
+            } => {
+                let revoked = self.recheck_token(now, token, &mut *judge);
+                let _ = reply.send(revoked);
+            }
+            Command::TokenRevisions { only, reply } => {
+                let mut out = Vec::new();
+                for src in self.sources.values() {
+                    src.token_revisions(&mut out);
+                }
+                if let Some(t) = only {
+                    out.retain(|(token, _)| *token == t);
+                }
+                let _ = reply.send(out);
+            }
             Command::Kick { feed, ban, reply } => {
                 let Some(key) = self.feed_index.get(&feed).cloned() else {
                     let _ = reply.send(None);
@@ -558,6 +642,7 @@ impl Engine {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.expire_tokens(now);
         let mut empty = Vec::new();
         for (key, src) in self.sources.iter_mut() {
             src.on_tick(now);

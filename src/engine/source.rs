@@ -7,6 +7,8 @@
 //! its first frame; a planned switch keeps the old feed on air until the
 //! new one's keyframe (make-before-break).
 
+mod tokens;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +20,9 @@ use super::feed::{FeedSlot, Origin};
 use super::feed_players::FeedPlayers;
 use super::player::{Player, PlayerFormat, PlayerItem, Sent};
 use super::remote::LocalFeed;
-use super::view::{FeedView, ReprioritizeReport, SourceView, SwitchRecord};
+use super::view::{FeedView, SourceView, SwitchRecord};
 use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, SourceKey};
-use crate::domain::{FeedId, Priority, TokenId};
+use crate::domain::FeedId;
 use crate::election::{Decision, FeedState, Input, SourceElection, SwitchReason};
 use crate::media::ts::mux::TsMuxer;
 use crate::media::{self, Frame, OutputClock, Rebase, Track};
@@ -806,6 +808,7 @@ impl Source {
             source_id: self.key.source.to_string(),
             priority: slot.meta.priority.0,
             pinned: slot.meta.pinned,
+            requested_priority: slot.meta.grant.as_ref().and_then(|g| g.requested),
             protocol: match slot.meta.protocol {
                 super::Protocol::Rtmp => "rtmp",
                 super::Protocol::Srt => "srt",
@@ -869,82 +872,6 @@ impl Source {
             last_switch: self.last_switch.clone(),
             feeds,
         }
-    }
-
-    /// The local feeds of a token (a remote feed is its own node's business).
-    fn token_feeds(&self, token: TokenId) -> Vec<FeedId> {
-        self.feeds
-            .iter()
-            .filter(|(_, f)| f.meta.token_id == token && !f.is_remote())
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    pub fn reprioritize(
-        &mut self,
-        now: Instant,
-        token: TokenId,
-        priority: Option<i32>,
-        disconnect: bool,
-        report: &mut ReprioritizeReport,
-    ) {
-        for id in self.token_feeds(token) {
-            let Some(view) = self.feed_view(now, id) else {
-                continue;
-            };
-            if view.pinned {
-                report.pinned.push(view);
-                continue;
-            }
-            report.affected.push(view);
-            if disconnect {
-                let on_air = self.on_air.as_ref().map(|o| o.feed) == Some(id);
-                if let Some(slot) = self.feeds.get_mut(&id) {
-                    slot.draining = true;
-                    slot.disconnect_after_cut =
-                        Some("token reprioritized; reconnect to get the new priority".into());
-                    if !on_air {
-                        slot.disconnect("token reprioritized; reconnect to get the new priority");
-                    }
-                }
-                self.settings.changes.notify_one();
-                let d = self.election.handle_input(now, Input::Drain { feed: id });
-                self.apply(now, d);
-            } else {
-                self.settings.changes.notify_one();
-                if let Some(slot) = self.feeds.get_mut(&id) {
-                    slot.meta.priority = Priority(priority);
-                }
-                let d = self.election.handle_input(
-                    now,
-                    Input::PriorityChanged {
-                        feed: id,
-                        priority: Priority(priority),
-                    },
-                );
-                self.apply(now, d);
-            }
-        }
-    }
-
-    /// Disconnect every feed of a token at once (unplanned for the on-air one).
-    pub fn disconnect_token(
-        &mut self,
-        now: Instant,
-        token: TokenId,
-        reason: &str,
-    ) -> Vec<FeedView> {
-        let mut gone = Vec::new();
-        for id in self.token_feeds(token) {
-            if let Some(v) = self.feed_view(now, id) {
-                gone.push(v);
-            }
-            if let Some(slot) = self.feeds.get(&id) {
-                slot.disconnect(reason);
-            }
-            self.feed_left(now, id);
-        }
-        gone
     }
 
     pub fn kick(&mut self, now: Instant, feed: FeedId) -> Option<FeedView> {

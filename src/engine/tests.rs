@@ -32,9 +32,10 @@ const B: u8 = b'B';
 const C: u8 = b'C';
 /// Feed A again after a reconnect: a new connection, a new feed id.
 const A2: u8 = b'a';
-/// A pinned feed (`priority=` publish parameter).
 mod remote;
+mod tokens;
 
+/// A pinned feed (`priority=` publish parameter).
 const PIN: u8 = b'P';
 
 fn settings() -> EngineSettings {
@@ -142,6 +143,8 @@ struct Spec {
     /// Audio frames arrive this much ahead of their time (MPEG-TS muxers
     /// send audio ahead of the video).
     audio_lead_ms: u64,
+    /// What its token granted (none: the feed is not re-judged).
+    grant: Option<crate::domain::FeedGrant>,
 }
 
 fn spec(tag: u8, priority: i32) -> Spec {
@@ -156,6 +159,7 @@ fn spec(tag: u8, priority: i32) -> Spec {
         metadata: true,
         more_keyframes: true,
         audio_lead_ms: 0,
+        grant: None,
     }
 }
 
@@ -482,6 +486,7 @@ impl H {
             pinned: spec.pinned,
             protocol: Protocol::Rtmp,
             peer: SocketAddr::from(([192, 0, 2, spec.tag], 40000)),
+            grant: spec.grant.clone(),
         };
         self.src.feed_joined(now, meta, tx);
         if spec.metadata {

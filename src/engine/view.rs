@@ -18,8 +18,14 @@ pub struct FeedView {
     pub source_id: String,
     /// Effective priority (`null` = lowest).
     pub priority: Option<i32>,
-    /// Priority set by a `priority=` publish parameter; Reprioritize leaves it alone.
+    /// The feed set `priority=` in its publish parameters: its priority is
+    /// min(that value, its token's priority) unless the token allows
+    /// raising; Reprioritize does not disconnect it, and caps it.
     pub pinned: bool,
+    /// The `priority=` the encoder asked for (a pinned feed of this node);
+    /// above `priority` when it was clamped to the token's priority.
+    #[serde(default)]
+    pub requested_priority: Option<i32>,
     /// `rtmp`, `srt` or `pull`.
     pub protocol: String,
     pub peer: String,

@@ -331,6 +331,7 @@ async fn relay(
         pinned: false,
         protocol: Protocol::Pull,
         peer: session.peer(),
+        grant: None,
     };
     let mut handle = match ctx.engine.publish(def.key.clone(), meta).await {
         Ok(Ok(h)) => h,

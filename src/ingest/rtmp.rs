@@ -27,7 +27,7 @@ use super::demux::FlvDemux;
 use super::url::{parse_stream_key, StreamRequest};
 use super::IngestContext;
 use crate::auth::publish::AdmitError;
-use crate::domain::{FeedId, Priority};
+use crate::domain::FeedId;
 use crate::egress::rtmp::{recycle_out, write_player_items, MediaChunks, ServerPlayback};
 use crate::engine::PlayerFormat;
 use crate::engine::{
@@ -569,16 +569,16 @@ impl<'a> Connection<'a> {
                 );
             }
         };
+        let admitted = admitted.with_requested_priority(priority);
         let meta = FeedMeta {
             id: FeedId::new_random(),
             token_id: admitted.token_id,
             label: admitted.label,
-            priority: priority
-                .map(|p| Priority(Some(p)))
-                .unwrap_or(admitted.priority),
-            pinned: priority.is_some(),
+            priority: admitted.priority,
+            pinned: admitted.pinned,
             protocol: Protocol::Rtmp,
             peer: self.peer,
+            grant: Some(admitted.grant),
         };
         let key = SourceKey {
             stream: stream.clone(),

@@ -23,7 +23,7 @@ use super::demux::TsFeedDemux;
 use super::url::{parse_srt_stream_id, SrtMode, StreamIdError};
 use super::IngestContext;
 use crate::auth::publish::{AdmitError, Refusal};
-use crate::domain::{FeedId, Priority};
+use crate::domain::FeedId;
 use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerFormat, PlayerItem, Protocol, PublishRefusal,
     SourceKey, SrtFeedStats,
@@ -202,17 +202,16 @@ async fn handle(
     };
     match (mode, admitted) {
         (SrtMode::Publish, Some(a)) => {
+            let a = a.with_requested_priority(sreq.priority);
             let meta = FeedMeta {
                 id: FeedId::new_random(),
                 token_id: a.token_id,
                 label: a.label,
-                priority: sreq
-                    .priority
-                    .map(|p| Priority(Some(p)))
-                    .unwrap_or(a.priority),
-                pinned: sreq.priority.is_some(),
+                priority: a.priority,
+                pinned: a.pinned,
                 protocol: Protocol::Srt,
                 peer,
+                grant: Some(a.grant),
             };
             let handle = match ctx.engine.publish(key.clone(), meta).await {
                 Ok(Ok(h)) => h,

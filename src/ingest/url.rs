@@ -10,7 +10,8 @@ pub struct StreamRequest {
     pub stream: StreamName,
     pub source: SourceId,
     pub token: Option<String>,
-    /// `priority=N`: pins the feed's priority.
+    /// `priority=N`: pins the feed's priority (it may only lower the
+    /// token's, unless the token allows raising: `auth::publish`).
     pub priority: Option<i32>,
     /// Play only: `feed=ID` plays that feed itself (a cluster peer's relay),
     /// authorized by `cluster=CREDENTIAL`.

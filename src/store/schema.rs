@@ -37,6 +37,8 @@ diesel::table! {
         secret_id -> Uuid,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        allow_priority_override -> Bool,
+        revision -> Int8,
     }
 }
 

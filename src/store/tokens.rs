@@ -1,5 +1,9 @@
 //! Queries on `publish_tokens`. Rows are validated before they get here
 //! (see `auth::tokens`); this module only reads and writes them.
+//!
+//! Every update bumps the row's `revision` (a trigger, so changes made
+//! outside the gateway count too); nodes compare revisions to find the
+//! tokens whose live feeds must be judged again.
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::count_star;
@@ -26,6 +30,10 @@ pub struct TokenRow {
     pub secret_id: Uuid,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `priority=` may raise a feed above `priority` (default: only lower).
+    pub allow_priority_override: bool,
+    /// Bumped by every update (a trigger); new rows start at 1.
+    pub revision: i64,
 }
 
 pub fn insert(conn: &mut PgConnection, row: &TokenRow) -> Result<TokenRow, StoreError> {
@@ -62,6 +70,7 @@ pub fn save(conn: &mut PgConnection, row: &TokenRow) -> Result<TokenRow, StoreEr
             dsl::expires_at.eq(row.expires_at),
             dsl::enabled.eq(row.enabled),
             dsl::secret_id.eq(row.secret_id),
+            dsl::allow_priority_override.eq(row.allow_priority_override),
             dsl::updated_at.eq(diesel::dsl::now),
         ))
         .returning(TokenRow::as_returning())
@@ -118,6 +127,14 @@ pub fn ids_with_exact_stream(
     Ok(dsl::publish_tokens
         .filter(dsl::streams.contains(probe))
         .select(dsl::id)
+        .load(conn)?)
+}
+
+/// The current revision of each of `ids` that still exists.
+pub fn revisions(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    Ok(dsl::publish_tokens
+        .filter(dsl::id.eq_any(ids))
+        .select((dsl::id, dsl::revision))
         .load(conn)?)
 }
 

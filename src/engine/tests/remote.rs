@@ -19,6 +19,7 @@ impl H {
             pinned: spec.pinned,
             protocol: Protocol::Rtmp,
             peer: SocketAddr::from(([198, 51, 100, spec.tag], 40000)),
+            grant: None,
         };
         let origin = Origin {
             node: "n2".into(),
