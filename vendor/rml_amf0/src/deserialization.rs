@@ -14,12 +14,19 @@ struct ObjectProperty {
     value: Amf0Value,
 }
 
+/// How deeply objects, ECMA arrays and strict arrays may nest. The parser
+/// recurses once per level, so without a bound a few kilobytes of nested
+/// markers from a peer overflow the thread's stack (an abort, which no
+/// `catch_unwind` can stop). Real RTMP commands and metadata nest two or
+/// three levels. (Primacy patch.)
+pub const MAX_NESTING_DEPTH: usize = 64;
+
 /// Turns any readable byte stream and converts it into an array of AMF0 values
 pub fn deserialize<R: Read>(bytes: &mut R) -> Result<Vec<Amf0Value>, Amf0DeserializationError> {
     let mut results = vec![];
 
     loop {
-        match read_next_value(bytes)? {
+        match read_next_value(bytes, 0)? {
             Some(x) => results.push(x),
             None => break,
         };
@@ -28,7 +35,15 @@ pub fn deserialize<R: Read>(bytes: &mut R) -> Result<Vec<Amf0Value>, Amf0Deseria
     Ok(results)
 }
 
-fn read_next_value<R: Read>(bytes: &mut R) -> Result<Option<Amf0Value>, Amf0DeserializationError> {
+fn read_next_value<R: Read>(
+    bytes: &mut R,
+    depth: usize,
+) -> Result<Option<Amf0Value>, Amf0DeserializationError> {
+    if depth > MAX_NESTING_DEPTH {
+        return Err(Amf0DeserializationError::NestingTooDeep {
+            limit: MAX_NESTING_DEPTH,
+        });
+    }
     let mut buffer: [u8; 1] = [0];
     let bytes_read = bytes.read(&mut buffer)?;
 
@@ -45,10 +60,10 @@ fn read_next_value<R: Read>(bytes: &mut R) -> Result<Option<Amf0Value>, Amf0Dese
         markers::NULL_MARKER => parse_null().map(Some),
         markers::UNDEFINED_MARKER => parse_undefined().map(Some),
         markers::NUMBER_MARKER => parse_number(bytes).map(Some),
-        markers::OBJECT_MARKER => parse_object(bytes).map(Some),
-        markers::ECMA_ARRAY_MARKER => parse_ecma_array(bytes).map(Some),
+        markers::OBJECT_MARKER => parse_object(bytes, depth).map(Some),
+        markers::ECMA_ARRAY_MARKER => parse_ecma_array(bytes, depth).map(Some),
         markers::STRING_MARKER => parse_string(bytes).map(Some),
-        markers::STRICT_ARRAY_MARKER => parse_strict_array(bytes).map(Some),
+        markers::STRICT_ARRAY_MARKER => parse_strict_array(bytes, depth).map(Some),
         _ => Err(Amf0DeserializationError::UnknownMarker { marker: buffer[0] }),
     }
 }
@@ -87,11 +102,11 @@ fn parse_string<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0Deserialization
     Ok(Amf0Value::Utf8String(value))
 }
 
-fn parse_object<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0DeserializationError> {
+fn parse_object<R: Read>(bytes: &mut R, depth: usize) -> Result<Amf0Value, Amf0DeserializationError> {
     let mut properties = HashMap::new();
 
     loop {
-        match parse_object_property(bytes)? {
+        match parse_object_property(bytes, depth)? {
             Some(property) => properties.insert(property.label, property.value),
             None => break,
         };
@@ -101,7 +116,10 @@ fn parse_object<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0Deserialization
     Ok(deserialized_value)
 }
 
-fn parse_ecma_array<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0DeserializationError> {
+fn parse_ecma_array<R: Read>(
+    bytes: &mut R,
+    depth: usize,
+) -> Result<Amf0Value, Amf0DeserializationError> {
     // An ECMA array is an array of values indexed via strings instead of numeric indexes (so
     // essentially a hash map).  It seems functionally equivalent to an object so for simplicity
     // treat it as such.
@@ -113,15 +131,18 @@ fn parse_ecma_array<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0Deserializa
     // like we can ignore the associative count and just read exactly as we would an object.
 
     let _associative_count = bytes.read_u32::<BigEndian>()?;
-    parse_object(bytes)
+    parse_object(bytes, depth)
 }
 
-fn parse_strict_array<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0DeserializationError> {
+fn parse_strict_array<R: Read>(
+    bytes: &mut R,
+    depth: usize,
+) -> Result<Amf0Value, Amf0DeserializationError> {
     let _array_count = bytes.read_u32::<BigEndian>()?;
     let mut values: Vec<Amf0Value> = Vec::new();
 
     for _ in 0.._array_count {
-        match read_next_value(bytes)? {
+        match read_next_value(bytes, depth + 1)? {
             Some(value) => {
                 values.push(value);
             }
@@ -134,6 +155,7 @@ fn parse_strict_array<R: Read>(bytes: &mut R) -> Result<Amf0Value, Amf0Deseriali
 
 fn parse_object_property<R: Read>(
     bytes: &mut R,
+    depth: usize,
 ) -> Result<Option<ObjectProperty>, Amf0DeserializationError> {
     let label_length = bytes.read_u16::<BigEndian>()?;
     if label_length == 0 {
@@ -152,7 +174,7 @@ fn parse_object_property<R: Read>(
 
     let label = String::from_utf8(label_buffer)?;
 
-    match read_next_value(bytes)? {
+    match read_next_value(bytes, depth + 1)? {
         None => Err(Amf0DeserializationError::UnexpectedEof),
         Some(property_value) => Ok(Some(ObjectProperty {
             label,
@@ -164,11 +186,63 @@ fn parse_object_property<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::super::Amf0Value;
-    use super::deserialize;
+    use super::{deserialize, MAX_NESTING_DEPTH};
+    use errors::Amf0DeserializationError;
     use byteorder::{BigEndian, WriteBytesExt};
     use markers;
     use std::collections::HashMap;
     use std::io::Cursor;
+
+    /// `levels` objects nested as `{"a": {"a": … null}}`, closed properly.
+    fn nested_objects(levels: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for _ in 0..levels {
+            bytes.extend_from_slice(&[markers::OBJECT_MARKER, 0, 1, b'a']);
+        }
+        bytes.push(markers::NULL_MARKER);
+        for _ in 0..levels {
+            bytes.extend_from_slice(&[0, 0, markers::OBJECT_END_MARKER]);
+        }
+        bytes
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_is_accepted() {
+        let result = deserialize(&mut Cursor::new(nested_objects(MAX_NESTING_DEPTH))).unwrap();
+        assert_eq!(result.len(), 1);
+    }
+
+    #[test]
+    fn deeper_nesting_is_an_error_not_a_stack_overflow() {
+        for levels in [MAX_NESTING_DEPTH + 1, 100_000] {
+            match deserialize(&mut Cursor::new(nested_objects(levels))) {
+                Err(Amf0DeserializationError::NestingTooDeep { limit }) => {
+                    assert_eq!(limit, MAX_NESTING_DEPTH)
+                }
+                other => panic!("{levels} levels: {:?}", other.map(|v| v.len())),
+            }
+        }
+        // Strict arrays (and ECMA arrays) count too.
+        let mut bytes = Vec::new();
+        for _ in 0..100_000 {
+            bytes.push(markers::STRICT_ARRAY_MARKER);
+            bytes.write_u32::<BigEndian>(1).unwrap();
+        }
+        assert!(matches!(
+            deserialize(&mut Cursor::new(bytes)),
+            Err(Amf0DeserializationError::NestingTooDeep { .. })
+        ));
+        let mut bytes = Vec::new();
+        for _ in 0..100_000 {
+            bytes.push(markers::ECMA_ARRAY_MARKER);
+            bytes.write_u32::<BigEndian>(1).unwrap();
+            bytes.extend_from_slice(&[0, 1, b'a']);
+        }
+        assert!(matches!(
+            deserialize(&mut Cursor::new(bytes)),
+            Err(Amf0DeserializationError::NestingTooDeep { .. })
+        ));
+    }
 
     #[test]
     fn can_deserialize_strict_array() {

@@ -37,7 +37,7 @@ mod deserialization;
 mod errors;
 mod serialization;
 
-pub use deserialization::deserialize;
+pub use deserialization::{deserialize, MAX_NESTING_DEPTH};
 pub use errors::{Amf0DeserializationError, Amf0SerializationError};
 pub use serialization::serialize;
 

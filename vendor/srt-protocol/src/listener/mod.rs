@@ -14,12 +14,23 @@ pub use statistics::*;
 #[derive(Clone, Debug)]
 pub struct ListenerSettings {}
 
+/// Primacy patch: every datagram from a new address created a session that
+/// stayed until that handshake ended, and one that never ended stayed for
+/// good, so spoofed datagrams grew memory without bound. Sessions that are
+/// still handshaking are now limited in number (datagrams that would start
+/// another are dropped) and expire after `HANDSHAKE_TIMEOUT`, unless they
+/// wait for the application's access-control answer.
+pub const MAX_HANDSHAKING_SESSIONS: usize = 10_000;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct MultiplexListener {
     start_time: Instant,
     local_address: SocketAddr,
     settings: ConnInitSettings,
     sessions: HashMap<SessionId, SessionState>,
+    /// When each session that has not opened yet began (Primacy patch).
+    handshaking: HashMap<SessionId, Instant>,
     stats: ListenerStatistics,
     stats_timer: Timer,
 }
@@ -31,6 +42,7 @@ impl MultiplexListener {
             local_address,
             settings,
             sessions: Default::default(),
+            handshaking: Default::default(),
             stats: Default::default(),
             stats_timer: Timer::new(now, Duration::from_secs(1)),
         }
@@ -70,6 +82,12 @@ impl MultiplexListener {
         self.stats.rx_packets += 1;
         //self.stats.rx_bytes += packet
         let session_id = SessionId(packet.1);
+        if !self.sessions.contains_key(&session_id) {
+            if self.handshaking.len() >= MAX_HANDSHAKING_SESSIONS {
+                return Action::WaitForInput;
+            }
+            self.handshaking.insert(session_id, now);
+        }
         let settings = &self.settings;
         self.sessions
             .entry(session_id)
@@ -103,6 +121,7 @@ impl MultiplexListener {
 
     fn handle_timer(&mut self, now: Instant) -> Action {
         if self.stats_timer.check_expired(now).is_some() {
+            self.expire_handshakes(now);
             Action::UpdateStatistics(&self.stats)
         } else {
             // TODO: create an action that returns an action with an Iterator that ticks time forward
@@ -123,9 +142,11 @@ impl MultiplexListener {
             RejectConnection(session_id) => {
                 self.stats.cx_rejected += 1;
                 self.sessions.remove(&session_id);
+                self.handshaking.remove(&session_id);
             }
-            OpenConnection(_) => {
+            OpenConnection(session_id) => {
                 self.stats.cx_opened += 1;
+                self.handshaking.remove(&session_id);
             }
             DelegatePacket(_) => {
                 self.stats.delegated_packets += 1;
@@ -133,6 +154,7 @@ impl MultiplexListener {
             DropConnection(session_id) => {
                 self.stats.cx_dropped += 1;
                 self.sessions.remove(&session_id);
+                self.handshaking.remove(&session_id);
             }
             UpdateStatistics => {}
         }
@@ -148,6 +170,24 @@ impl MultiplexListener {
             // TODO: stats? anything else?
             _ => Action::WaitForInput,
         }
+    }
+
+    /// Forget handshakes older than `HANDSHAKE_TIMEOUT` (Primacy patch).
+    fn expire_handshakes(&mut self, now: Instant) {
+        let sessions = &mut self.sessions;
+        self.handshaking.retain(|id, began| {
+            if now.saturating_duration_since(*began) < HANDSHAKE_TIMEOUT {
+                return true;
+            }
+            match sessions.get(id) {
+                Some(s) if s.is_waiting_for_access_control() => true,
+                Some(s) if !s.is_open() => {
+                    sessions.remove(id);
+                    false
+                }
+                _ => false,
+            }
+        });
     }
 
     fn handle_close(&mut self) -> Action {
@@ -311,5 +351,99 @@ mod test {
             Input::Success(ResultOf::RejectConnection(session_id())),
         );
         assert_eq!(action, Action::WaitForInput);
+    }
+
+    // Primacy patch tests.
+
+    #[test]
+    fn handshaking_sessions_are_bounded_and_expire() {
+        let start = Instant::now();
+        let local = "127.0.0.1:2000".parse().unwrap();
+        let mut listener = MultiplexListener::new(start, local, ConnInitSettings::default());
+        let from = |i: usize| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32)), 9);
+        let mut answered = 0;
+        for i in 0..MAX_HANDSHAKING_SESSIONS + 5_000 {
+            let packet = build_hs_pack(test_induction());
+            if let Action::SendPacket(_) =
+                listener.handle_input(start, Input::Packet(Ok((packet, from(i)))))
+            {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, MAX_HANDSHAKING_SESSIONS);
+        assert_eq!(listener.sessions.len(), MAX_HANDSHAKING_SESSIONS);
+
+        // One waits for the application's access-control answer.
+        let packet = build_hs_pack(test_induction());
+        listener.handle_input(start, Input::Packet(Ok((packet, conn_addr()))));
+        assert_eq!(listener.sessions.len(), MAX_HANDSHAKING_SESSIONS);
+
+        let later = start + HANDSHAKE_TIMEOUT + Duration::from_secs(2);
+        listener.handle_input(later, Input::Timer);
+        assert!(listener.sessions.is_empty(), "{}", listener.sessions.len());
+        assert!(listener.handshaking.is_empty());
+
+        // Room again for new callers.
+        let packet = build_hs_pack(test_induction());
+        let action = listener.handle_input(later, Input::Packet(Ok((packet, conn_addr()))));
+        assert_matches!(action, Action::SendPacket(_));
+        let packet = build_hs_pack(test_conclusion());
+        let action = listener.handle_input(later, Input::Packet(Ok((packet, conn_addr()))));
+        assert_matches!(action, Action::RequestAccess(_, _));
+        // Waiting for the answer, it does not expire.
+        let much_later = later + HANDSHAKE_TIMEOUT * 3;
+        listener.handle_input(much_later, Input::Timer);
+        assert_eq!(listener.sessions.len(), 1);
+        let action = listener.handle_input(
+            much_later,
+            Input::AccessResponse(Some((session_id(), AccessControlResponse::Accepted(None)))),
+        );
+        assert_matches!(action, Action::OpenConnection(_, _));
+    }
+
+    #[test]
+    fn a_caller_with_key_material_is_rejected_not_a_panic() {
+        let local = "127.0.0.1:2000".parse().unwrap();
+        let mut listener =
+            MultiplexListener::new(Instant::now(), local, ConnInitSettings::default());
+        let packet = build_hs_pack(test_induction());
+        listener.handle_input(Instant::now(), Input::Packet(Ok((packet, conn_addr()))));
+        let mut conclusion = test_conclusion();
+        if let HandshakeVsInfo::V5(info) = &mut conclusion.info {
+            let settings = crate::settings::CipherSettings::new_random(
+                &crate::settings::KeySettings {
+                    key_size: KeySize::AES128,
+                    passphrase: "0123456789abcdef".into(),
+                },
+                &Default::default(),
+            );
+            // As libsrt callers send it: no key size in the header.
+            info.key_size = KeySize::Unspecified;
+            info.ext_km = settings
+                .wrap_keying_material()
+                .map(SrtControlPacket::KeyRefreshRequest);
+        }
+        let packet = build_hs_pack(conclusion);
+        let action =
+            listener.handle_input(Instant::now(), Input::Packet(Ok((packet, conn_addr()))));
+        // The application sees the key length of the key material.
+        assert_matches!(
+            action,
+            Action::RequestAccess(_, AccessControlRequest { key_size: KeySize::AES128, .. })
+        );
+        let action = listener.handle_input(
+            Instant::now(),
+            Input::AccessResponse(Some((session_id(), AccessControlResponse::Accepted(None)))),
+        );
+        assert_matches!(
+            action,
+            Action::RejectConnection(_, Some((Packet::Control(ControlPacket {
+                control_type: ControlTypes::Handshake(HandshakeControlInfo {
+                    shake_type: ShakeType::Rejection(RejectReason::Core(CoreRejectReason::Unsecure)),
+                    ..
+                }),
+                ..
+            }), _)))
+        );
     }
 }

@@ -23,6 +23,17 @@ impl SessionState {
         SessionState::Pending(Listen::new(settings, true))
     }
 
+    /// Primacy patch: the session has opened a connection.
+    pub fn is_open(&self) -> bool {
+        matches!(self, SessionState::Open)
+    }
+
+    /// Primacy patch: the application has not answered this session's
+    /// access-control request yet.
+    pub fn is_waiting_for_access_control(&self) -> bool {
+        matches!(self, SessionState::Pending(l) if l.is_waiting_for_access_control())
+    }
+
     pub fn handle_packet(
         &mut self,
         now: Instant,
@@ -57,7 +68,8 @@ impl SessionState {
                 let reject = reject.clone();
                 self.reject(session_id, reject)
             }
-            Open => unreachable!("this should not happen"),
+            // Primacy patch: was `unreachable!`, a panic in the listener task.
+            Open => Action::DropConnection(session_id),
             Dropping => Action::DropConnection(session_id),
         }
     }

@@ -88,59 +88,69 @@ where
     }
 }
 
+/// The most sequence numbers one loss list expands to (Primacy patch). A
+/// NAK packet names ranges; without a bound, one range spanning the
+/// sequence space kept a connection task busy for billions of steps.
+pub const MAX_DECOMPRESSED_LOSSES: usize = 1 << 16;
+
+/// Sequence numbers are 31 bits.
+const SEQ_MASK: u32 = 0x7FFF_FFFF;
+
 pub struct DecompressLossList<I> {
     iterator: I,
 
-    loop_next_end: Option<(u32, u32)>,
+    /// The next number of the range being expanded, and how many numbers
+    /// of it are left (that one included).
+    loop_next_left: Option<(u32, u32)>,
+
+    /// Numbers this list may still yield.
+    budget: usize,
 }
 
 impl<I: Iterator<Item = u32>> Iterator for DecompressLossList<I> {
     type Item = SeqNumber;
 
+    // Primacy patch: ranges are expanded in the 31-bit sequence space (a
+    // range across the wrap no longer counts through 2^32), a range of
+    // 2^30 or more numbers (not a range of any real loss) yields its first
+    // number only, an unterminated range (a start without an end) yields
+    // its start instead of panicking, and the whole list yields at most
+    // `MAX_DECOMPRESSED_LOSSES` numbers.
     fn next(&mut self) -> Option<SeqNumber> {
-        match self.loop_next_end {
-            Some((next, end)) if next == end => {
-                // loop is over
-                self.loop_next_end = None;
-
-                Some(SeqNumber::new_truncate(next))
-            }
-            Some((next, end)) => {
-                // continue the loop
-                self.loop_next_end = Some((next + 1, end));
-
-                Some(SeqNumber::new_truncate(next))
+        if self.budget == 0 {
+            return None;
+        }
+        let item = match self.loop_next_left {
+            Some((next, left)) => {
+                self.loop_next_left = (left > 1).then(|| ((next + 1) & SEQ_MASK, left - 1));
+                next
             }
             None => {
-                // no current loop
                 let next = self.iterator.next()?;
-
-                // is this a loop start
                 if next & (1 << 31) != 0 {
-                    // set the first bit to zero
-                    let next_num = next & !(1 << 31);
-                    self.loop_next_end = Some((
-                        next_num + 1,
-                        match self.iterator.next() {
-                            Some(i) => i,
-                            None => panic!("unterminated loop while decompressing loss list"),
-                        },
-                    ));
-
-                    Some(SeqNumber::new_truncate(next_num))
+                    let start = next & SEQ_MASK;
+                    if let Some(end) = self.iterator.next() {
+                        let after = (end & SEQ_MASK).wrapping_sub(start) & SEQ_MASK;
+                        if after > 0 && after < 1 << 30 {
+                            self.loop_next_left = Some(((start + 1) & SEQ_MASK, after));
+                        }
+                    }
+                    start
                 } else {
-                    // no looping is possible
-                    Some(SeqNumber::new_truncate(next))
+                    next
                 }
             }
-        }
+        };
+        self.budget -= 1;
+        Some(SeqNumber::new_truncate(item))
     }
 }
 
 pub fn decompress_loss_list<I: Iterator<Item = u32>>(loss_list: I) -> DecompressLossList<I> {
     DecompressLossList {
         iterator: loss_list,
-        loop_next_end: None,
+        loop_next_left: None,
+        budget: MAX_DECOMPRESSED_LOSSES,
     }
 }
 
@@ -194,8 +204,35 @@ mod test {
     }
 
     #[test]
-    #[should_panic(expected = "unterminated loop")]
-    fn unterminated_loop() {
-        let _ = decompress_loss_list([10 | ONE].iter().copied()).collect::<Vec<_>>();
+    fn unterminated_loop_yields_its_start() {
+        let got = decompress_loss_list([10 | ONE].iter().copied()).collect::<Vec<_>>();
+        assert_eq!(got, vec![SeqNumber::new_truncate(10)]);
+    }
+
+    #[test]
+    fn ranges_across_the_wrap_are_short() {
+        let max = (1 << 31) - 1;
+        let got = decompress_loss_list([(max - 1) | ONE, 1].iter().copied()).collect::<Vec<_>>();
+        let want: Vec<SeqNumber> = [max - 1, max, 0, 1]
+            .iter()
+            .copied()
+            .map(SeqNumber::new_truncate)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn hostile_ranges_are_bounded() {
+        // Descending (as raw numbers): 2^31 - 251 numbers; not a loss range.
+        let got = decompress_loss_list([0x100 | ONE, 5].iter().copied()).count();
+        assert_eq!(got, 1);
+        // Many large ranges: at most MAX_DECOMPRESSED_LOSSES numbers.
+        let list: Vec<u32> = (0..100u32)
+            .flat_map(|i| [(i << 20) | ONE, (i << 20) + (1 << 19)])
+            .collect();
+        assert_eq!(
+            decompress_loss_list(list.into_iter()).count(),
+            MAX_DECOMPRESSED_LOSSES
+        );
     }
 }

@@ -632,7 +632,15 @@ impl ControlTypes {
                                             SrtControlPacket::StreamId(stream_id) => {
                                                 sid = Some(stream_id)
                                             }
-                                            _ => unimplemented!("Implement other kinds"),
+                                            // Primacy patch: was `unimplemented!`, a
+                                            // panic while parsing one datagram.
+                                            _ => {
+                                                return Err(
+                                                    PacketParseError::UnsupportedSrtExtensionType(
+                                                        pack_type,
+                                                    ),
+                                                )
+                                            }
                                         }
                                     }
                                 }
@@ -940,8 +948,12 @@ impl Debug for CompressedLossList {
         let mut iter = self.0.iter();
         while let Some(a) = iter.next() {
             if a & 0x80000000 != 0 {
-                let b = iter.next().expect("Unterminated list");
-                write!(f, "{}..={},", a & 0x7fffffff, b)?;
+                // Primacy patch: was `expect`, a panic when a peer's NAK
+                // was logged.
+                match iter.next() {
+                    Some(b) => write!(f, "{}..={},", a & 0x7fffffff, b)?,
+                    None => write!(f, "{}..=(unterminated),", a & 0x7fffffff)?,
+                }
             } else {
                 write!(f, "{a},")?;
             }
@@ -1872,4 +1884,49 @@ mod test {
 
     #[test]
     fn drop_request() {}
+
+    // Primacy patch: datagrams that made parsing panic are parse errors.
+    #[test]
+    fn malformed_extensions_are_parse_errors() {
+        fn control(ty: u16, subtype: u16, body: &[u8]) -> Vec<u8> {
+            let mut p = Vec::new();
+            p.extend_from_slice(&(0x8000 | ty).to_be_bytes());
+            p.extend_from_slice(&subtype.to_be_bytes());
+            p.extend_from_slice(&[0; 12]);
+            p.extend_from_slice(body);
+            p
+        }
+        fn conclusion_with(ext: &[u8]) -> Vec<u8> {
+            let mut body = Vec::new();
+            body.extend_from_slice(&5u32.to_be_bytes()); // version
+            body.extend_from_slice(&0u16.to_be_bytes()); // no encryption
+            body.extend_from_slice(&0x5u16.to_be_bytes()); // HSREQ | CONFIG
+            body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 5, 220, 0, 0, 32, 0]);
+            body.extend_from_slice(&(-1i32).to_be_bytes()); // conclusion
+            body.extend_from_slice(&[0; 8 + 16]);
+            body.extend_from_slice(&[0, 1, 0, 3, 0, 1, 4, 0, 0, 0, 0, 0xBF, 0, 120, 0, 120]);
+            body.extend_from_slice(ext);
+            control(0, 0, &body)
+        }
+        let datagrams = [
+            control(0x7FFF, 5, &[]),
+            control(0x7FFF, 6, &[]),
+            control(0x7FFF, 7, &[]),
+            control(0x7FFF, 8, &[]),
+            control(0x7FFF, 8, &[1, 2]),
+            conclusion_with(&[0, 6, 0, 1, b'e', b'v', b'i', b'l']),
+            conclusion_with(&[0, 8, 0, 1, 1, 0, 0, 0]),
+            conclusion_with(&[0, 7, 0, 1, b'a', b':', b'b', 0]),
+            conclusion_with(&[0, 5, 0, 0, 0, 0, 0, 0]),
+        ];
+        for d in datagrams {
+            assert!(
+                Packet::parse(&mut Cursor::new(&d[..]), false).is_err(),
+                "{d:02x?}"
+            );
+        }
+        // A NAK whose loss list ends inside a range prints, not panics.
+        let nak = ControlTypes::Nak(CompressedLossList(vec![0x8000_0005]));
+        assert!(format!("{nak:?}").contains("unterminated"));
+    }
 }

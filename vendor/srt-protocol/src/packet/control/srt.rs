@@ -272,7 +272,8 @@ bitflags! {
 }
 
 fn le_bytes_to_string(le_bytes: &mut impl Buf) -> Result<String, PacketParseError> {
-    if le_bytes.remaining() % 4 != 0 {
+    // Primacy patch: an empty body made `get_u32_le` below panic.
+    if le_bytes.remaining() == 0 || le_bytes.remaining() % 4 != 0 {
         return Err(PacketParseError::NotEnoughData);
     }
 
@@ -365,6 +366,10 @@ impl SrtControlPacket {
                 )))
             }
             8 => {
+                // Primacy patch: a body under 4 bytes made the reads panic.
+                if buf.remaining() < 4 {
+                    return Err(PacketParseError::NotEnoughData);
+                }
                 let ty = buf.get_u8().into();
                 let flags = GroupFlags::from_bits_truncate(buf.get_u8());
                 let weight = buf.get_u16_le();
@@ -431,7 +436,9 @@ impl SrtControlPacket {
             // 1 32-bit word packed with type, flags, and weight
             Group { .. } => 1,
             Filter(filter) => ((format!("{filter}").len() + 3) / 4) as u16, // TODO: not optimial performace, but probably okay
-            _ => unimplemented!("{:?}", self),
+            // Primacy patch: was `unimplemented!`, reached for every
+            // received packet (statistics) of this kind.
+            Reject => 0,
         }
     }
 }

@@ -1,6 +1,6 @@
 use std::{convert::TryInto, net::SocketAddr, time::Instant};
 
-use crate::{packet::*, protocol::handshake::Handshake, settings::*};
+use crate::{options::KeySize, packet::*, protocol::handshake::Handshake, settings::*};
 
 use super::{
     cookie::gen_cookie, hsv5::gen_access_control_response, hsv5::GenHsv5Result,
@@ -50,6 +50,11 @@ impl Listen {
 
     pub fn settings(&self) -> &ConnInitSettings {
         &self.init_settings
+    }
+
+    /// Primacy patch: an access-control request is out, not answered yet.
+    pub fn is_waiting_for_access_control(&self) -> bool {
+        matches!(self.state, AccessControlRequested(..))
     }
 
     pub fn handle_packet(&mut self, now: Instant, packet: ReceivePacketResult) -> ConnectionResult {
@@ -237,7 +242,21 @@ impl Listen {
         // TODO: handle StreamId parsing error
         let stream_id = incoming.sid.clone().and_then(|s| s.try_into().ok());
         let remote_socket_id = shake.socket_id;
-        let key_size = incoming.key_size;
+        // Primacy patch: libsrt callers with a passphrase but no explicit
+        // key length leave the header's key size unspecified and send key
+        // material; report its key length, so that the application sees
+        // that encryption is asked for before it answers.
+        let key_size = match (incoming.key_size, &incoming.ext_km) {
+            (KeySize::Unspecified, Some(SrtControlPacket::KeyRefreshRequest(km))) => {
+                let keys = km.key_flags.bits().count_ones().max(1) as usize;
+                let len = km.wrapped_keys.len().saturating_sub(8) / keys;
+                match KeySize::try_from(len as u16) {
+                    Ok(KeySize::Unspecified) | Err(_) => KeySize::AES128,
+                    Ok(size) => size,
+                }
+            }
+            (size, _) => size,
+        };
 
         self.state = AccessControlRequested(state, timestamp, shake, incoming);
 

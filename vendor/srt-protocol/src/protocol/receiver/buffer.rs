@@ -349,6 +349,11 @@ impl ReceiveBuffer {
         // if start of the range has been dropped already, just drop everything after
         let first_idx = self.clamped_index_for_seqno(range.start);
         let last_idx = self.clamped_index_for_seqno(range.end);
+        // Primacy patch: a peer's drop request with its end before its
+        // start made `range_mut` panic.
+        if first_idx >= last_idx {
+            return 0;
+        }
         self.buffer
             .range_mut(first_idx..last_idx)
             .filter_map(|p| p.drop_unreceived())
