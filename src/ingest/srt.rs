@@ -150,16 +150,7 @@ pub async fn serve(
         let stop = cancel.clone();
         tracker.spawn(async move {
             let peer = req.remote();
-            let result = AssertUnwindSafe(handle(req, &ctx, &stop))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| {
-                    Err(std::io::Error::other(format!(
-                        "panicked: {}",
-                        super::panic_message(p.as_ref())
-                    )))
-                });
-            if let Err(e) = result {
+            if let Err(e) = contained(handle(req, &ctx, &stop)).await {
                 ctx.metrics
                     .session_errors
                     .with_label_values(&["srt", "session"])
@@ -170,6 +161,22 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Run a session, turning a panic inside it into an error, so that the
+/// caller still unregisters its feed or player.
+async fn contained(
+    session: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    AssertUnwindSafe(session)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| {
+            Err(std::io::Error::other(format!(
+                "panicked: {}",
+                super::panic_message(p.as_ref())
+            )))
+        })
 }
 
 /// Datagrams the listener could not parse since it started: counted,
@@ -344,7 +351,7 @@ async fn handle(
                 }
             };
             tracing::info!(%peer, stream = %key.stream, source = %key.source, feed = %handle.id, "SRT publishing");
-            let result = publish(socket, handle.id, handle.control, ctx, stop).await;
+            let result = contained(publish(socket, handle.id, handle.control, ctx, stop)).await;
             ctx.engine.unpublish(handle.id).await;
             result
         }
@@ -355,7 +362,7 @@ async fn handle(
                 Err(_) => return Ok(()),
             };
             tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
-            let result = play(socket, player.items, stop).await;
+            let result = contained(play(socket, player.items, stop)).await;
             ctx.engine.unplay(key, player.id).await;
             result
         }
