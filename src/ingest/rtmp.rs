@@ -836,7 +836,10 @@ impl<'a> Connection<'a> {
             .play(key.clone(), PlayerFormat::Flv)
             .await
             .map_err(|_| SessionError::EngineGone)?;
-        tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+        // Anyone may play (unless play_requires_token): limited like refusals.
+        if self.ctx.log.allow("rtmp_play", Some(self.peer.ip())) {
+            tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+        }
         self.state = State::Playing {
             stream_id,
             key,

@@ -361,7 +361,10 @@ async fn handle(
                 Ok(p) => p,
                 Err(_) => return Ok(()),
             };
-            tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
+            // Anyone may play (unless play_requires_token): limited like refusals.
+            if ctx.log.allow("srt_play", Some(peer.ip())) {
+                tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
+            }
             let result = contained(play(socket, player.items, stop)).await;
             ctx.engine.unplay(key, player.id).await;
             result
