@@ -292,7 +292,9 @@ def main():
         http, rtmp, srt = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
         env = dict(os.environ, PRIMACY_DATABASE_URL=db_url, PRIMACY_HTTP_LISTEN=f"127.0.0.1:{http}",
                    PRIMACY_RTMP_LISTEN=f"127.0.0.1:{rtmp}", PRIMACY_SRT_LISTEN=f"127.0.0.1:{srt}",
-                   PRIMACY_HS256_SECRET=SECRET, PRIMACY_NODE_ID=NODE, PRIMACY_LOG="info,actix_web::middleware::logger=warn", NO_COLOR="1")
+                   PRIMACY_HS256_SECRET=SECRET, PRIMACY_NODE_ID=NODE, PRIMACY_LOG="info,actix_web::middleware::logger=warn", NO_COLOR="1",
+                   # --players connections come from one loopback address.
+                   PRIMACY_RTMP__MAX_CONNECTIONS_PER_IP=str(max(50, args.players + 10)))
         subprocess.run([args.binary, "migrate"], env=env, check=True, capture_output=True)
         key = json.loads(subprocess.run([args.binary, "api-keys", "create", "--name", "measure", "--scope", "admin",
                                          "--json"], env=env, check=True, capture_output=True, text=True).stdout)

@@ -81,6 +81,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub relay: RelayConfig,
     pub cluster: ClusterConfig,
+    pub admission: AdmissionConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,15 +173,26 @@ pub struct ApiConfig {
 pub struct RtmpConfig {
     /// A client that has not completed the handshake by then is dropped.
     pub handshake_timeout_ms: u64,
-    /// A connection that neither publishes nor plays, or a publisher that
-    /// sends nothing, for this long is closed.
+    /// A connection whose publish or play has not been accepted this long
+    /// after the handshake is closed, whatever it sends meanwhile.
+    pub request_timeout_ms: u64,
+    /// A publisher that sends nothing for this long is closed (as is a
+    /// connection back between two requests).
     pub idle_timeout_ms: u64,
     /// Concurrent RTMP connections, all addresses together.
     pub max_connections: usize,
     /// Concurrent RTMP connections from one IP address.
     pub max_connections_per_ip: usize,
-    /// Largest RTMP message accepted; a bigger one closes the session.
+    /// Largest RTMP message accepted from a publisher; a bigger one closes
+    /// the session.
     pub max_message_bytes: usize,
+    /// Bytes a connection may send after the handshake until its publish or
+    /// play is accepted (all messages together), and the largest message a
+    /// player may send. More closes the connection.
+    pub max_request_bytes: usize,
+    /// Partial-message input buffered by all connections that are not
+    /// publishing, together; the connection that would exceed it is closed.
+    pub max_buffered_bytes: usize,
     /// Players must present a publish token allowed for the stream
     /// (`?token=` on the play URL).
     pub play_requires_token: bool,
@@ -189,10 +202,13 @@ impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
             handshake_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
             max_connections: 10_000,
-            max_connections_per_ip: 1_000,
+            max_connections_per_ip: 50,
             max_message_bytes: 8 * 1024 * 1024,
+            max_request_bytes: 64 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
             play_requires_token: false,
         }
     }
@@ -209,6 +225,11 @@ pub struct SrtConfig {
     pub max_bitrate_kbps: u64,
     /// A publisher that sends nothing for this long is closed.
     pub idle_timeout_ms: u64,
+    /// Concurrent SRT connections (handshakes waiting for admission
+    /// included), all addresses together.
+    pub max_connections: usize,
+    /// Concurrent SRT connections from one IP address.
+    pub max_connections_per_ip: usize,
     /// Players must put a publish token allowed for the stream in `s=`.
     pub play_requires_token: bool,
     /// Kernel receive and send buffer of the listener's UDP socket (shared
@@ -226,6 +247,8 @@ impl Default for SrtConfig {
             latency_ms: 120,
             max_bitrate_kbps: 20_000,
             idle_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
             play_requires_token: false,
             udp_buffer_bytes: crate::client::SRT_UDP_BUFFER_BYTES,
         }
@@ -333,6 +356,54 @@ pub struct ShutdownConfig {
     pub max_wait_ms: u64,
 }
 
+/// Repeated failed admissions (RTMP and SRT publishes, and plays that need
+/// a token): after `throttle_failures` refusals within `throttle_window_ms`
+/// from one IP address (no valid token), or of one token (validly signed
+/// but refused: deleted, refreshed away, disabled, expired), further
+/// attempts from that address, or with that token, are refused at once,
+/// without checking the token, for `throttle_block_ms`; each further
+/// failure soon after doubles that, up to `throttle_max_block_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// 0 turns the throttle off.
+    pub throttle_failures: u32,
+    pub throttle_window_ms: u64,
+    pub throttle_block_ms: u64,
+    pub throttle_max_block_ms: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            throttle_failures: 10,
+            throttle_window_ms: 60_000,
+            throttle_block_ms: 1_000,
+            throttle_max_block_ms: 60_000,
+        }
+    }
+}
+
+/// Log lines that peers can cause (refusals, malformed input, panics on
+/// hostile input): at most `burst` per `interval_ms` per kind of line and
+/// peer address, then one "suppressed N similar lines" line per interval.
+/// Metrics count every event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub burst: u32,
+    pub interval_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            burst: 5,
+            interval_ms: 60_000,
+        }
+    }
+}
+
 /// Outbound connections of pull inputs and push outputs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -369,6 +440,8 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             relay: RelayConfig::default(),
             cluster: ClusterConfig::default(),
+            admission: AdmissionConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -712,12 +785,40 @@ impl Config {
         if self.rtmp.idle_timeout_ms == 0 {
             return Err(invalid("rtmp.idle_timeout_ms", "must be greater than 0"));
         }
-        if self.rtmp.max_connections == 0 || self.rtmp.max_connections_per_ip == 0 {
-            return Err(invalid("rtmp.max_connections", "limits must be at least 1"));
+        if !(100..=600_000).contains(&self.rtmp.request_timeout_ms) {
+            return Err(invalid(
+                "rtmp.request_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if self.rtmp.max_connections == 0 {
+            return Err(invalid("rtmp.max_connections", "must be at least 1"));
+        }
+        if self.rtmp.max_connections_per_ip == 0 {
+            return Err(invalid("rtmp.max_connections_per_ip", "must be at least 1"));
         }
         if self.rtmp.max_message_bytes < 64 * 1024 {
             return Err(invalid("rtmp.max_message_bytes", "must be at least 65536"));
         }
+        if !(4096..=self.rtmp.max_message_bytes).contains(&self.rtmp.max_request_bytes) {
+            return Err(invalid(
+                "rtmp.max_request_bytes",
+                "must be at least 4096 and at most rtmp.max_message_bytes",
+            ));
+        }
+        if self.rtmp.max_buffered_bytes < self.rtmp.max_request_bytes {
+            return Err(invalid(
+                "rtmp.max_buffered_bytes",
+                "must be at least rtmp.max_request_bytes",
+            ));
+        }
+        if self.srt.max_connections == 0 {
+            return Err(invalid("srt.max_connections", "must be at least 1"));
+        }
+        if self.srt.max_connections_per_ip == 0 {
+            return Err(invalid("srt.max_connections_per_ip", "must be at least 1"));
+        }
+        self.validate_abuse_limits()?;
         if !(20..=8_000).contains(&self.srt.latency_ms) {
             return Err(invalid("srt.latency_ms", "must be between 20 and 8000"));
         }
@@ -767,6 +868,40 @@ impl Config {
             return Err(invalid(
                 "switch.gop_cache_max_bytes",
                 "must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_abuse_limits(&self) -> Result<(), ConfigError> {
+        let a = &self.admission;
+        if a.throttle_failures > 0 {
+            if !(1_000..=86_400_000).contains(&a.throttle_window_ms) {
+                return Err(invalid(
+                    "admission.throttle_window_ms",
+                    "must be between 1000 and 86400000",
+                ));
+            }
+            if !(100..=86_400_000).contains(&a.throttle_block_ms) {
+                return Err(invalid(
+                    "admission.throttle_block_ms",
+                    "must be between 100 and 86400000",
+                ));
+            }
+            if !(a.throttle_block_ms..=86_400_000).contains(&a.throttle_max_block_ms) {
+                return Err(invalid(
+                    "admission.throttle_max_block_ms",
+                    "must be at least admission.throttle_block_ms and at most 86400000",
+                ));
+            }
+        }
+        if self.log.burst == 0 {
+            return Err(invalid("log.burst", "must be at least 1"));
+        }
+        if !(1_000..=86_400_000).contains(&self.log.interval_ms) {
+            return Err(invalid(
+                "log.interval_ms",
+                "must be between 1000 and 86400000",
             ));
         }
         Ok(())
@@ -1084,6 +1219,139 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/primacy.example.toml");
         let c = Config::load_from(Some(&path), env(&[])).unwrap();
         assert!(c.validate_for_serve().is_ok());
+    }
+
+    /// Every key of the configuration is in the example file, set to its
+    /// default (or commented out where it has none), except the keys the
+    /// example fills in on purpose.
+    #[test]
+    fn example_config_documents_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/primacy.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example: toml::Table = text.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        // Examples of values that have no useful default.
+        let illustrative = [
+            "node_id",
+            "database.url",
+            "auth.active_kid",
+            "auth.signing_keys",
+        ];
+        let mut problems = Vec::new();
+        fn walk(
+            prefix: &str,
+            defaults: &toml::Table,
+            example: Option<&toml::Table>,
+            text: &str,
+            illustrative: &[&str],
+            problems: &mut Vec<String>,
+        ) {
+            for (k, v) in defaults {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if illustrative.contains(&key.as_str()) {
+                    continue;
+                }
+                let found = example.and_then(|t| t.get(k));
+                match (v, found) {
+                    (toml::Value::Table(d), f) => walk(
+                        &key,
+                        d,
+                        f.and_then(|f| f.as_table()),
+                        text,
+                        illustrative,
+                        problems,
+                    ),
+                    (_, Some(f)) if f != v => {
+                        problems.push(format!("{key} = {f} in the example, default {v}"))
+                    }
+                    (_, Some(_)) => {}
+                    (_, None) if text.contains(&format!("# {k} = ")) => {}
+                    (_, None) => problems.push(format!("{key} is not in the example")),
+                }
+            }
+        }
+        walk(
+            "",
+            &defaults,
+            Some(&example),
+            &text,
+            &illustrative,
+            &mut problems,
+        );
+        assert!(
+            problems.is_empty(),
+            "docs/primacy.example.toml:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn listener_limits_are_validated() {
+        let bad = [
+            (
+                "PRIMACY_RTMP__REQUEST_TIMEOUT_MS",
+                "0",
+                "rtmp.request_timeout_ms",
+            ),
+            (
+                "PRIMACY_RTMP__MAX_REQUEST_BYTES",
+                "100",
+                "rtmp.max_request_bytes",
+            ),
+            (
+                "PRIMACY_RTMP__MAX_BUFFERED_BYTES",
+                "4096",
+                "rtmp.max_buffered_bytes",
+            ),
+            (
+                "PRIMACY_RTMP__MAX_CONNECTIONS_PER_IP",
+                "0",
+                "rtmp.max_connections_per_ip",
+            ),
+            ("PRIMACY_SRT__MAX_CONNECTIONS", "0", "srt.max_connections"),
+            (
+                "PRIMACY_SRT__MAX_CONNECTIONS_PER_IP",
+                "0",
+                "srt.max_connections_per_ip",
+            ),
+            (
+                "PRIMACY_ADMISSION__THROTTLE_WINDOW_MS",
+                "10",
+                "admission.throttle_window_ms",
+            ),
+            (
+                "PRIMACY_ADMISSION__THROTTLE_MAX_BLOCK_MS",
+                "10",
+                "admission.throttle_max_block_ms",
+            ),
+            ("PRIMACY_LOG__BURST", "0", "log.burst"),
+            ("PRIMACY_LOG__INTERVAL_MS", "5", "log.interval_ms"),
+        ];
+        for (var, value, key) in bad {
+            let e = Config::load_from(None, env(&[(var, value)])).unwrap_err();
+            assert!(e.to_string().contains(key), "{var}={value}: {e}");
+        }
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("PRIMACY_ADMISSION__THROTTLE_FAILURES", "0"),
+                ("PRIMACY_ADMISSION__THROTTLE_WINDOW_MS", "10"),
+                ("PRIMACY_LOG__BURST", "20"),
+            ]),
+        )
+        .expect("with the throttle off its other keys are not checked");
+        assert_eq!(c.log.burst, 20);
+        let d = Config::default();
+        assert_eq!(
+            (d.rtmp.max_connections_per_ip, d.srt.max_connections_per_ip),
+            (50, 50)
+        );
+        assert_eq!(d.rtmp.request_timeout_ms, 10_000);
+        assert_eq!(d.rtmp.max_request_bytes, 65_536);
     }
 
     #[test]

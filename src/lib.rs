@@ -23,4 +23,5 @@ pub mod media;
 pub mod metrics;
 pub mod relay;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;

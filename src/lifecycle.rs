@@ -17,9 +17,14 @@
 //!
 //! Around them: the cluster lease is marked draining first, push outputs
 //! flush after the sessions, and the lease is released last.
+//!
+//! Every listener (RTMP, SRT, HTTP) runs under a supervisor
+//! (`supervise`): one whose task ends other than by its stop token is
+//! logged as an error, makes the node not ready with the reason, and is
+//! bound again on the same address with backoff.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
@@ -38,6 +43,8 @@ use crate::ingest::{self, ConnectionLimits, IngestContext};
 use crate::metrics::Metrics;
 use crate::relay::{RelayContext, Relays};
 use crate::store::{self, Db};
+use crate::supervise::{self, Backoff, ListenerHandle, Rebind, ServeError, ServeFuture};
+use crate::telemetry::LogLimiter;
 
 /// A started gateway: its bound addresses and its shared parts.
 pub struct Running {
@@ -53,8 +60,7 @@ pub struct Running {
     pub readiness: Arc<Readiness>,
     pub admission: Arc<Admission>,
     pub db: Db,
-    server: actix_web::dev::ServerHandle,
-    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    http: HttpControl,
     config: Arc<Config>,
     pub relays: Arc<Relays>,
     /// The cluster shell (when `redis.url` is set).
@@ -269,9 +275,9 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
 
     let step = Step::begin(4, "bind listeners");
     let sessions = TaskTracker::new();
-    let (http_addr, server) = bind_http(
+    let http = HttpControl::start(
         &config,
-        AppState {
+        web::Data::new(AppState {
             db: db.clone(),
             admission: admission.clone(),
             engine: engine.clone(),
@@ -285,10 +291,11 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             stream_filter: Arc::new(tokio::sync::Semaphore::new(
                 config.api.stream_filter_concurrency as usize,
             )),
-        },
+        }),
+        &readiness,
+        &metrics,
     )?;
-    let handle = server.handle();
-    let server_task = tokio::spawn(server);
+    let http_addr = http.addr;
     let ctx = Arc::new(IngestContext {
         engine: engine.clone(),
         admission: admission.clone(),
@@ -300,12 +307,23 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             config.rtmp.max_connections,
             config.rtmp.max_connections_per_ip,
         ),
+        srt_limits: ConnectionLimits::new(
+            config.srt.max_connections,
+            config.srt.max_connections_per_ip,
+        ),
+        throttle: ingest::throttle::Throttle::new(&config.admission),
+        log: Arc::new(LogLimiter::new(
+            config.log.burst,
+            Duration::from_millis(config.log.interval_ms),
+        )),
+        buffered: ingest::BufferBudget::new(config.rtmp.max_buffered_bytes),
         cluster_secret: config
             .cluster
             .secret
             .as_ref()
             .map(|s| cluster::credential::ClusterSecret::new(s.expose().as_bytes())),
     });
+    tokio::spawn(ctx.clone().housekeeping(stop.clone()));
     let rtmp_addr = bind_rtmp(&config, &ctx, &stop, &sessions).await?;
     let srt_addr = bind_srt(&config, ctx, &stop, &sessions).await?;
     step.done(&format!(
@@ -371,40 +389,160 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
         readiness,
         admission,
         db,
-        server: handle,
-        server_task,
+        http,
         config,
         relays,
         cluster,
     })
 }
 
-fn bind_http(
-    config: &Config,
-    state: AppState,
-) -> Result<(SocketAddr, actix_web::dev::Server), StartError> {
-    let bind_err = |source| StartError::Bind {
-        what: "HTTP",
-        addr: config.listen.http,
-        source,
-    };
-    let listener = std::net::TcpListener::bind(config.listen.http).map_err(bind_err)?;
-    let addr = listener.local_addr().map_err(bind_err)?;
-    let state = web::Data::new(state);
-    let max_body = config.api.max_body_bytes;
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/api/health"))
-            .configure(|cfg| api::configure(cfg, max_body))
-    })
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(config.shutdown.max_wait_ms.div_ceil(1000).max(1))
-    .listen(listener)
-    .map_err(bind_err)?
-    .run();
-    Ok((addr, server))
+/// Supervise a listener: its restarts are counted per listener name.
+fn supervise_listener(
+    health: ListenerHandle,
+    serve: ServeFuture,
+    rebind: Rebind,
+    stop: CancellationToken,
+    backoff: Backoff,
+    metrics: &Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    let restarts = metrics
+        .listener_restarts
+        .with_label_values(&[health.name()]);
+    tokio::spawn(supervise::supervise(
+        health,
+        serve,
+        rebind,
+        stop,
+        backoff,
+        move || restarts.inc(),
+    ))
+}
+
+/// The HTTP server (operator API, health, metrics) under supervision.
+/// Its handle changes when it is bound again; the drain stops it last.
+struct HttpControl {
+    addr: SocketAddr,
+    server: Arc<Mutex<actix_web::dev::ServerHandle>>,
+    /// Cancelled before the server is stopped at the end of the drain, so
+    /// that its end is not taken for a failure.
+    stop: CancellationToken,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl HttpControl {
+    fn start(
+        config: &Config,
+        state: web::Data<AppState>,
+        readiness: &Arc<Readiness>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let bind_err = |source| StartError::Bind {
+            what: "HTTP",
+            addr: config.listen.http,
+            source,
+        };
+        let settings = HttpSettings::from_config(config);
+        let (addr, server) = settings
+            .bind(config.listen.http, state.clone())
+            .map_err(bind_err)?;
+        let handle = Arc::new(Mutex::new(server.handle()));
+        let health = readiness.listeners().register("http", addr);
+        let rebind: Rebind = {
+            let handle = handle.clone();
+            Box::new(move || {
+                let bound = settings.bind(addr, state.clone());
+                let handle = handle.clone();
+                Box::pin(async move {
+                    let (_, server) = bound?;
+                    *handle.lock().unwrap_or_else(|p| p.into_inner()) = server.handle();
+                    Ok(serve_http(server))
+                })
+            })
+        };
+        let stop = CancellationToken::new();
+        let backoff = Backoff {
+            // The drain stops the server gracefully after cancelling `stop`.
+            stop_grace: Duration::from_millis(config.shutdown.max_wait_ms) + CLOSE_GRACE,
+            ..Backoff::default()
+        };
+        let supervisor = supervise_listener(
+            health,
+            serve_http(server),
+            rebind,
+            stop.clone(),
+            backoff,
+            metrics,
+        );
+        Ok(Self {
+            addr,
+            server: handle,
+            stop,
+            supervisor,
+        })
+    }
+
+    /// Stop the server gracefully (open requests finish, at most
+    /// `max_wait`) and its supervisor.
+    async fn shutdown(&mut self, max_wait: Duration) {
+        self.stop.cancel();
+        let handle = self
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if tokio::time::timeout(max_wait, handle.stop(true))
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP server did not stop within shutdown.max_wait_ms");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.supervisor).await;
+    }
+}
+
+fn serve_http(server: actix_web::dev::Server) -> ServeFuture {
+    Box::pin(async move { server.await.map_err(ServeError::Io) })
+}
+
+/// What building the HTTP server needs, kept for binding it again.
+#[derive(Clone, Copy)]
+struct HttpSettings {
+    max_body: usize,
+    shutdown_timeout_s: u64,
+}
+
+impl HttpSettings {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            max_body: config.api.max_body_bytes,
+            shutdown_timeout_s: config.shutdown.max_wait_ms.div_ceil(1000).max(1),
+        }
+    }
+
+    fn bind(
+        self,
+        addr: SocketAddr,
+        state: web::Data<AppState>,
+    ) -> std::io::Result<(SocketAddr, actix_web::dev::Server)> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let max_body = self.max_body;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(
+                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
+                        .exclude("/api/health"),
+                )
+                .configure(|cfg| api::configure(cfg, max_body))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(self.shutdown_timeout_s)
+        .listen(listener)?
+        .run();
+        Ok((addr, server))
+    }
 }
 
 async fn bind_rtmp(
@@ -422,17 +560,66 @@ async fn bind_rtmp(
         .await
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
-    tokio::spawn(ingest::rtmp::serve(
-        listener,
-        ctx.clone(),
+    let health = ctx.readiness.listeners().register("rtmp", addr);
+    let serve = move |listener, health| -> ServeFuture {
+        Box::pin(ingest::rtmp::serve(
+            listener,
+            ctx.clone(),
+            stop.clone(),
+            sessions.clone(),
+            health,
+        ))
+    };
+    let first = serve(listener, health.clone());
+    let rebind: Rebind = {
+        let (ctx, stop, sessions, health) =
+            (ctx.clone(), stop.clone(), sessions.clone(), health.clone());
+        Box::new(move || {
+            let (ctx, stop, sessions, health) =
+                (ctx.clone(), stop.clone(), sessions.clone(), health.clone());
+            Box::pin(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                let serve: ServeFuture =
+                    Box::pin(ingest::rtmp::serve(listener, ctx, stop, sessions, health));
+                Ok(serve)
+            })
+        })
+    };
+    supervise_listener(
+        health,
+        first,
+        rebind,
         stop.clone(),
-        sessions.clone(),
-    ));
+        Backoff::default(),
+        &ctx.metrics,
+    );
     Ok(addr)
 }
 
-async fn bind_srt(
+/// Bind the SRT listener on `addr` (its UDP socket sized by
+/// `srt.udp_buffer_bytes`) and return its accept loop.
+async fn srt_listener(
     config: &Config,
+    addr: SocketAddr,
+    ctx: Arc<IngestContext>,
+    stop: CancellationToken,
+    sessions: TaskTracker,
+) -> std::io::Result<(SocketAddr, ServeFuture)> {
+    let udp = ingest::srt::bind_udp(addr, config.srt.udp_buffer_bytes)?;
+    let addr = udp.local_addr()?;
+    let buffer = config.srt.sender_buffer_bytes();
+    let (listener, incoming) = srt_tokio::SrtListener::builder()
+        .latency(Duration::from_millis(config.srt.latency_ms))
+        .set(|o| o.sender.buffer_size = srt_tokio::options::ByteCount(buffer as u64))
+        .socket(udp)
+        .bind(addr)
+        .await?;
+    let serve: ServeFuture = Box::pin(ingest::srt::serve(listener, incoming, ctx, stop, sessions));
+    Ok((addr, serve))
+}
+
+async fn bind_srt(
+    config: &Arc<Config>,
     ctx: Arc<IngestContext>,
     stop: &CancellationToken,
     sessions: &TaskTracker,
@@ -443,24 +630,36 @@ async fn bind_srt(
         source,
     };
     // Bound here so the chosen address is known (port 0 in tests).
-    let udp =
-        ingest::srt::bind_udp(config.listen.srt, config.srt.udp_buffer_bytes).map_err(bind_err)?;
-    let addr = udp.local_addr().map_err(bind_err)?;
-    let buffer = config.srt.sender_buffer_bytes();
-    let (listener, incoming) = srt_tokio::SrtListener::builder()
-        .latency(Duration::from_millis(config.srt.latency_ms))
-        .set(|o| o.sender.buffer_size = srt_tokio::options::ByteCount(buffer as u64))
-        .socket(udp)
-        .bind(addr)
-        .await
-        .map_err(bind_err)?;
-    tokio::spawn(ingest::srt::serve(
-        listener,
-        incoming,
-        ctx,
+    let (addr, first) = srt_listener(
+        config,
+        config.listen.srt,
+        ctx.clone(),
         stop.clone(),
         sessions.clone(),
-    ));
+    )
+    .await
+    .map_err(bind_err)?;
+    let health = ctx.readiness.listeners().register("srt", addr);
+    let rebind: Rebind = {
+        let (config, ctx, stop, sessions) =
+            (config.clone(), ctx.clone(), stop.clone(), sessions.clone());
+        Box::new(move || {
+            let (config, ctx, stop, sessions) =
+                (config.clone(), ctx.clone(), stop.clone(), sessions.clone());
+            Box::pin(async move {
+                let (_, serve) = srt_listener(&config, addr, ctx, stop, sessions).await?;
+                Ok(serve)
+            })
+        })
+    };
+    supervise_listener(
+        health,
+        first,
+        rebind,
+        stop.clone(),
+        Backoff::default(),
+        &ctx.metrics,
+    );
     Ok(addr)
 }
 
@@ -526,11 +725,7 @@ impl Running {
 
         self.flush_outputs().await;
 
-        let stop = self.server.stop(true);
-        if tokio::time::timeout(max_wait, stop).await.is_err() {
-            tracing::warn!("HTTP server did not stop within shutdown.max_wait_ms");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.server_task).await;
+        self.http.shutdown(max_wait).await;
 
         self.cluster_release().await;
         tracing::info!(

@@ -10,10 +10,8 @@ fn main() {
     let cli = Cli::parse();
     primacy::telemetry::init();
     // A panic inside one session (e.g. a protocol library on hostile input)
-    // closes that session only; log it as a structured event.
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!(panic = %info, "panic caught; the task that panicked is closed");
-    }));
+    // closes that session only; log it as a structured event (rate-limited).
+    primacy::telemetry::install_panic_hook();
     let result = match cli.command {
         Command::Serve => Config::load(cli.config.as_deref())
             .map_err(anyhow::Error::from)

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub cluster_remote_feeds: IntGauge,
     pub cluster_feeds: prometheus::IntGaugeVec,
     pub cluster_relays: prometheus::IntGaugeVec,
+    pub admission_throttled: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub srt_garbage_packets: IntCounter,
+    pub listener_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -172,8 +176,41 @@ impl Metrics {
             &["state"],
         )
         .expect("metric");
+        let admission_throttled = IntCounterVec::new(
+            Opts::new(
+                "admission_throttled_total",
+                "Publishes and plays refused at once by the admission throttle, by what was blocked (ip or token)",
+            ),
+            &["key"],
+        )
+        .expect("metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections refused by a connection limit, by protocol and limit (total or per_ip)",
+            ),
+            &["protocol", "limit"],
+        )
+        .expect("metric");
+        let srt_garbage_packets = IntCounter::new(
+            "srt_garbage_packets_total",
+            "Datagrams on the SRT port that are not SRT packets",
+        )
+        .expect("metric");
+        let listener_restarts = IntCounterVec::new(
+            Opts::new(
+                "listener_restarts_total",
+                "Times a listener's task ended unexpectedly and was bound again",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
         for m in [
             Box::new(feeds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(admission_throttled.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(srt_garbage_packets.clone()),
+            Box::new(listener_restarts.clone()),
             Box::new(cluster_redis_up.clone()),
             Box::new(cluster_nodes.clone()),
             Box::new(cluster_remote_feeds.clone()),
@@ -226,6 +263,10 @@ impl Metrics {
             cluster_remote_feeds,
             cluster_feeds,
             cluster_relays,
+            admission_throttled,
+            connections_refused,
+            srt_garbage_packets,
+            listener_restarts,
         }
     }
 

@@ -3,47 +3,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
 
 use common::media::{publish, Fixture, Player};
+use common::rtmp_raw::{closed_within, handshake};
 use common::TestServer;
 use primacy::auth::api_keys::Scope;
 use serde_json::json;
-
-/// Plain (non-digest) RTMP handshake as a client.
-fn handshake(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut c0c1 = vec![3u8];
-    c0c1.extend_from_slice(&[0u8; 8]);
-    c0c1.extend((0..1528).map(|i| (i * 7 % 251) as u8));
-    s.write_all(&c0c1).unwrap();
-    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
-    s.read_exact(&mut s0s1s2).expect("server handshake");
-    s.write_all(&s0s1s2[1..1537]).unwrap();
-    s
-}
-
-/// Whether the server closes the connection within `timeout`.
-fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let end = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < end {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
 
 fn metric(s: &TestServer, needle: &str) -> f64 {
     let (_, text) = s.get_text("/metrics");

@@ -460,7 +460,8 @@ fn libsrt_reject_reason(e: &Env, streamid: &str) -> (i32, String) {
 fn srt_refusal_codes_seen_by_libsrt_clients() {
     let _g = serial();
     capture_gateway_log();
-    let e = Env::start();
+    // Every refusal's line is checked: no log rate limit here.
+    let e = Env::start_with(|c| c.log.burst = 1_000);
     let (_, t) = e.token(&["s1"], 10);
     let garbage = "#!::r=s1,m=publish,s=garbage".to_owned();
     let other = format!("#!::r=other,m=publish,s={t}");

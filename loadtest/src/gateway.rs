@@ -272,6 +272,21 @@ impl Gateway {
                         "PRIMACY_RTMP__MAX_CONNECTIONS".to_owned(),
                         "20000".to_owned(),
                     ),
+                    (
+                        "PRIMACY_SRT__MAX_CONNECTIONS_PER_IP".to_owned(),
+                        "20000".to_owned(),
+                    ),
+                    (
+                        "PRIMACY_SRT__MAX_CONNECTIONS".to_owned(),
+                        "20000".to_owned(),
+                    ),
+                    // The admission and churn scenarios measure refusals of
+                    // bad tokens from the same address as good ones: the
+                    // throttle would measure itself instead.
+                    (
+                        "PRIMACY_ADMISSION__THROTTLE_FAILURES".to_owned(),
+                        "0".to_owned(),
+                    ),
                 ];
                 env.extend(settings.env.iter().cloned());
                 std::fs::create_dir_all(log_dir)?;

@@ -19,9 +19,14 @@ pub struct Health {
     pub node_id: String,
     pub region: String,
     pub version: String,
+    /// Whether `/api/ready` answers 200: started, not draining, every
+    /// listener up.
     pub ready: bool,
     /// `starting`, `ready` or `draining`.
     pub state: NodeState,
+    /// The RTMP, SRT and HTTP listeners. One that is not `up` makes the
+    /// node not ready (liveness stays 200: it is being repaired).
+    pub listeners: Vec<ListenerView>,
     /// RTMP and SRT client connections open (publishing, playing or
     /// between the two): what a drain waits for.
     pub sessions: u64,
@@ -35,6 +40,48 @@ pub struct Health {
     /// Cluster coordination (only with `redis.url`). Redis being down does
     /// not fail liveness: streams stay on air without it.
     pub redis: Option<crate::cluster::RedisState>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ListenerView {
+    /// `rtmp`, `srt` or `http`.
+    #[schema(example = "rtmp")]
+    pub name: String,
+    /// The bound address.
+    #[schema(example = "0.0.0.0:1935")]
+    pub address: String,
+    /// `up`; `failing` (it runs but cannot accept connections, e.g. out of
+    /// file descriptors); or `down` (its task ended and it is being bound
+    /// again with backoff).
+    #[schema(example = "up")]
+    pub status: String,
+    /// Why it is not up.
+    pub reason: Option<String>,
+    /// How long it has not been up.
+    pub since_ms: Option<u64>,
+    /// Times its task ended and it was bound again.
+    pub restarts: u64,
+}
+
+impl From<crate::supervise::ListenerStatus> for ListenerView {
+    fn from(l: crate::supervise::ListenerStatus) -> Self {
+        use crate::supervise::ListenerState;
+        let (reason, since) = match &l.state {
+            ListenerState::Up => (None, None),
+            ListenerState::Failing { reason, since } | ListenerState::Down { reason, since } => (
+                Some(reason.clone()),
+                Some(since.elapsed().as_millis() as u64),
+            ),
+        };
+        Self {
+            name: l.name.into(),
+            address: l.addr.to_string(),
+            status: l.state.label().into(),
+            reason,
+            since_ms: since,
+            restarts: l.restarts,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -66,6 +113,13 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         ready: state.readiness.is_ready(),
         state: state.readiness.state(),
+        listeners: state
+            .readiness
+            .listeners()
+            .snapshot()
+            .into_iter()
+            .map(ListenerView::from)
+            .collect(),
         sessions: state.sessions.len() as u64,
         publishers: state.metrics.feeds.get(),
         players: state.metrics.players.get(),
@@ -88,12 +142,13 @@ pub struct Ready {
     pub ready: bool,
 }
 
-/// Readiness: 200 once start-up has finished, 503 before that and while
-/// draining.
+/// Readiness: 200 once start-up has finished and while every listener is
+/// up; 503 before that, while draining, and while a listener cannot accept
+/// or is being bound again (the message says which and why).
 #[utoipa::path(get, path = "/api/ready", tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = Ready),
-        (status = 503, description = "Starting or draining", body = ErrorBody),
+        (status = 503, description = "Starting, draining, or a listener is not up", body = ErrorBody),
     ))]
 pub async fn ready(state: web::Data<AppState>) -> Result<web::Json<Ready>, ApiError> {
     if state.readiness.is_ready() {

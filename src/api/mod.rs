@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
 use crate::store::Db;
+use crate::supervise::Listeners;
 use error::ApiError;
 
 /// Where this node is in its life: starting, ready, or draining.
@@ -47,12 +48,15 @@ pub enum NodeState {
 /// Whether this node accepts work. Start-up ends in `Ready`; a drain (a
 /// signal or `POST /api/v1/node/drain`) moves to `Draining` for good and
 /// cancels [`Readiness::drain_token`], which the engine and the lifecycle
-/// watch. Only the lifecycle and the drain endpoint write it.
+/// watch. Only the lifecycle and the drain endpoint write the state; the
+/// listeners' supervisors write [`Readiness::listeners`]. The node is
+/// ready when its state is `Ready` and every listener is up.
 #[derive(Debug, Default)]
 pub struct Readiness {
     state: AtomicU8,
     drain: CancellationToken,
     drain_started: OnceLock<Instant>,
+    listeners: Arc<Listeners>,
 }
 
 const STARTING: u8 = 0;
@@ -76,8 +80,14 @@ impl Readiness {
         first
     }
 
+    /// Ready for work: started, not draining, every listener up.
     pub fn is_ready(&self) -> bool {
-        self.state() == NodeState::Ready
+        self.state() == NodeState::Ready && self.listeners.all_up()
+    }
+
+    /// The node's listeners and their state.
+    pub fn listeners(&self) -> &Arc<Listeners> {
+        &self.listeners
     }
 
     pub fn is_draining(&self) -> bool {
@@ -102,11 +112,13 @@ impl Readiness {
         self.drain_started.get().map(Instant::elapsed)
     }
 
-    pub fn reason(&self) -> &'static str {
-        match self.state() {
-            NodeState::Starting => "starting up",
-            NodeState::Ready => "ready",
-            NodeState::Draining => "draining",
+    /// Why the node is (not) ready.
+    pub fn reason(&self) -> String {
+        match (self.state(), self.listeners.problems()) {
+            (NodeState::Starting, _) => "starting up".into(),
+            (NodeState::Draining, _) => "draining".into(),
+            (NodeState::Ready, Some(problem)) => problem,
+            (NodeState::Ready, None) => "ready".into(),
         }
     }
 }
@@ -236,6 +248,7 @@ async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpRespons
 #[cfg(test)]
 mod tests {
     use super::{NodeState, Readiness};
+    use std::time::Instant;
 
     #[test]
     fn readiness_moves_forward_only() {
@@ -260,5 +273,26 @@ mod tests {
         r.set_ready();
         assert_eq!(r.state(), NodeState::Draining);
         assert_eq!(r.reason(), "draining");
+    }
+
+    #[test]
+    fn a_listener_that_is_not_up_makes_the_node_not_ready() {
+        let r = Readiness::default();
+        let rtmp = r
+            .listeners()
+            .register("rtmp", "127.0.0.1:1935".parse().unwrap());
+        r.set_ready();
+        assert!(r.is_ready());
+        rtmp.set_failing("Too many open files (os error 24)".into(), Instant::now());
+        assert_eq!(r.state(), NodeState::Ready);
+        assert!(!r.is_ready());
+        assert!(
+            r.reason().contains("RTMP listener on 127.0.0.1:1935"),
+            "{}",
+            r.reason()
+        );
+        assert!(r.reason().contains("Too many open files"), "{}", r.reason());
+        rtmp.clear_failing();
+        assert!(r.is_ready());
     }
 }

@@ -3,15 +3,25 @@
 //!
 //! A connection is in one state at a time ([`State`]): idle after the
 //! handshake, publishing one feed, or playing one source. Publish requests
-//! are answered only after admission (`auth::publish`) and the engine
-//! accepted the feed; refusals carry the reason in the `onStatus`
-//! description. A panic or protocol error inside rml_rtmp closes that
-//! session only and is logged with the peer.
+//! are answered only after admission (`auth::publish`, behind the
+//! throttle) and the engine accepted the feed; refusals carry the reason
+//! in the `onStatus` description. A panic or protocol error inside
+//! rml_rtmp closes that session only and is logged with the peer.
+//!
+//! Before a connection publishes or plays it is unauthenticated and gets
+//! little: it must have its request accepted within
+//! `rtmp.request_timeout_ms` of the handshake (not extended by traffic),
+//! may send `rtmp.max_request_bytes` in all meanwhile, and its partial
+//! messages count against `rtmp.max_buffered_bytes` shared by every
+//! connection that is not publishing (players keep the per-message
+//! limit). Lines about refusals and errors go through the log limiter.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -25,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use super::demux::FlvDemux;
 use super::url::{parse_stream_key, StreamRequest};
-use super::IngestContext;
+use super::{AdmitFailure, BufferShare, IngestContext};
 use crate::auth::publish::AdmitError;
 use crate::domain::FeedId;
 use crate::egress::rtmp::{recycle_out, write_player_items, MediaChunks, ServerPlayback};
@@ -34,41 +44,83 @@ use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, PublishRefusal, SourceKey,
 };
 use crate::media::Track;
+use crate::supervise::{ListenerHandle, ServeError};
 
 /// Read buffer of a connection until it is known to play.
 const READ_BUF: usize = 16 * 1024;
 /// Read buffer of a playing connection (acknowledgements and control).
 const PLAY_READ_BUF: usize = 2 * 1024;
 
+/// The first pause after a failed `accept`; it doubles up to
+/// [`ACCEPT_RETRY_MAX`] while accepting keeps failing.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(10);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Accepting that has failed this long marks the listener failing (not
+/// ready) until an `accept` succeeds again.
+const ACCEPT_FAILING_AFTER: Duration = Duration::from_secs(1);
+
 /// Accept connections until `cancel` fires; it also closes every open
 /// connection (players get `NetStream.Play.Stop` first). While draining,
 /// the listener stays open so that new publishes and plays are refused
-/// with `SHUTTING_DOWN` rather than a reset.
+/// with `SHUTTING_DOWN` rather than a reset. A failing `accept` (e.g. out
+/// of file descriptors) is retried with backoff and, once it has failed
+/// for a second, reported through `health` (the node is not ready).
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<IngestContext>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-) {
+    health: ListenerHandle,
+) -> Result<(), ServeError> {
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut retry = ACCEPT_RETRY_FIRST;
     loop {
         let (sock, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => return Ok(()),
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "RTMP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    ctx.metrics
+                        .session_errors
+                        .with_label_values(&["rtmp", "accept"])
+                        .inc();
+                    if since.elapsed() >= ACCEPT_FAILING_AFTER
+                        && !matches!(health.state(), crate::supervise::ListenerState::Failing { .. })
+                    {
+                        health.set_failing(format!("accept: {e}"), since);
+                        tracing::error!(error = %e, "RTMP listener cannot accept connections; not ready");
+                    } else if ctx.log.allow("rtmp_accept", None) {
+                        tracing::warn!(error = %e, retry_in_ms = retry.as_millis() as u64, "RTMP accept failed");
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(ACCEPT_RETRY_MAX);
                     continue;
                 }
             },
         };
+        if failing_since.take().is_some() {
+            retry = ACCEPT_RETRY_FIRST;
+            if health.clear_failing() {
+                tracing::info!("RTMP listener accepting again; ready");
+            }
+        }
         let ctx = ctx.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
             let slot = match ctx.limits.acquire(peer.ip()) {
                 Ok(s) => s,
                 Err(which) => {
-                    tracing::warn!(%peer, limit = ?which, "RTMP connection refused: limit reached");
+                    ctx.metrics
+                        .connections_refused
+                        .with_label_values(&["rtmp", which.label()])
+                        .inc();
+                    if ctx.log.allow("rtmp_limit", Some(peer.ip())) {
+                        tracing::warn!(%peer, limit = which.label(), "RTMP connection refused: limit reached");
+                    }
                     return;
                 }
             };
@@ -80,7 +132,9 @@ pub async fn serve(
                         .session_errors
                         .with_label_values(&["rtmp", e.kind()])
                         .inc();
-                    tracing::warn!(%peer, error = %e, "RTMP session closed");
+                    if ctx.log.allow("rtmp_session_error", Some(peer.ip())) {
+                        tracing::warn!(%peer, error = %e, "RTMP session closed");
+                    }
                 }
             }
             drop(slot);
@@ -102,6 +156,14 @@ enum SessionError {
     Panic(String),
     #[error("RTMP message larger than {0} bytes")]
     TooLarge(usize),
+    #[error("sent more than {0} bytes before publishing or playing")]
+    RequestTooLarge(usize),
+    #[error(
+        "partial messages of connections that are not publishing exceed rtmp.max_buffered_bytes"
+    )]
+    BufferBudget,
+    #[error("no publish or play accepted within rtmp.request_timeout_ms")]
+    RequestTimeout,
     #[error("idle for too long")]
     Idle,
     #[error("the engine has stopped")]
@@ -116,7 +178,9 @@ impl SessionError {
             SessionError::HandshakeTimeout => "handshake_timeout",
             SessionError::Protocol(_) => "protocol",
             SessionError::Panic(_) => "panic",
-            SessionError::TooLarge(_) => "too_large",
+            SessionError::TooLarge(_) | SessionError::RequestTooLarge(_) => "too_large",
+            SessionError::BufferBudget => "buffer_budget",
+            SessionError::RequestTimeout => "request_timeout",
             SessionError::Idle => "idle",
             SessionError::EngineGone => "engine",
         }
@@ -124,7 +188,9 @@ impl SessionError {
 }
 
 enum State {
-    Idle,
+    /// Not publishing or playing (after the handshake, or between two
+    /// requests): closed at `deadline` unless a request is accepted.
+    Idle { deadline: tokio::time::Instant },
     Publishing {
         feed: FeedId,
         control: mpsc::Receiver<FeedControl>,
@@ -149,6 +215,10 @@ struct Connection<'a> {
     chunks: MediaChunks,
     /// Bytes fed to the session since it last completed a message.
     pending_bytes: usize,
+    /// Bytes received since the connection last became idle.
+    idle_bytes: usize,
+    /// `pending_bytes` against the shared budget, while not publishing.
+    buffered: BufferShare<'a>,
     /// Set when a request was refused because the node is draining: the
     /// connection ends once the refusal is written.
     close_after_flush: bool,
@@ -202,15 +272,40 @@ impl<'a> Connection<'a> {
             peer,
             ctx,
             session,
-            state: State::Idle,
+            state: State::Idle {
+                deadline: Self::request_deadline(ctx),
+            },
             out: Vec::new(),
             chunks: MediaChunks::new(chunk_size),
             pending_bytes: 0,
+            idle_bytes: 0,
+            buffered: ctx.buffered.share(),
             close_after_flush: false,
         };
-        let result = conn.serve(initial, remaining, &mut buf, cancel).await;
+        // A panic anywhere in the session (rml_rtmp outside `input`, our
+        // own code) closes this connection only, and the engine still
+        // hears that it is gone.
+        let result = AssertUnwindSafe(conn.serve(initial, remaining, &mut buf, cancel))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(SessionError::Panic(super::panic_message(p.as_ref()))));
         conn.finish().await;
         result
+    }
+
+    fn request_deadline(ctx: &IngestContext) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ctx.rtmp.request_timeout_ms)
+    }
+
+    /// Back to idle (after unpublishing or stopping playback).
+    fn become_idle(&mut self) -> State {
+        self.idle_bytes = 0;
+        std::mem::replace(
+            &mut self.state,
+            State::Idle {
+                deadline: Self::request_deadline(self.ctx),
+            },
+        )
     }
 
     async fn serve(
@@ -228,9 +323,12 @@ impl<'a> Connection<'a> {
         self.flush().await?;
         let idle = Duration::from_millis(self.ctx.rtmp.idle_timeout_ms);
         loop {
+            // Idle: the request deadline, which reads do not move.
+            // Publishing: no data for `idle` closes. Playing: none.
             let read_deadline = match self.state {
+                State::Idle { deadline } => Some(deadline),
+                State::Publishing { .. } => Some(tokio::time::Instant::now() + idle),
                 State::Playing { .. } => None,
-                _ => Some(tokio::time::Instant::now() + idle),
             };
             enum Wake {
                 Read(usize),
@@ -251,7 +349,7 @@ impl<'a> Connection<'a> {
                     match state {
                         State::Publishing { control, .. } => Wake::Control(control.recv().await),
                         State::Playing { items, .. } => Wake::Item(items.recv().await),
-                        State::Idle => std::future::pending().await,
+                        State::Idle { .. } => std::future::pending().await,
                     }
                 };
                 let sock = &mut self.sock;
@@ -293,7 +391,12 @@ impl<'a> Connection<'a> {
                     self.flush().await?;
                 }
                 Wake::Item(None) => return Ok(()),
-                Wake::Idle => return Err(SessionError::Idle),
+                Wake::Idle => {
+                    return Err(match self.state {
+                        State::Idle { .. } => SessionError::RequestTimeout,
+                        _ => SessionError::Idle,
+                    })
+                }
                 Wake::Stop => {
                     if let State::Playing { stream_id, .. } = self.state {
                         let r = self.session.finish_playing(stream_id);
@@ -309,9 +412,17 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Feed bytes to rml_rtmp, guarding against its panics and against
-    /// oversized messages.
+    /// Feed bytes to rml_rtmp, guarding against its panics, oversized
+    /// messages and the budgets of connections that are not publishing.
     fn input(&mut self, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, SessionError> {
+        let rtmp = &self.ctx.rtmp;
+        let publishing = matches!(self.state, State::Publishing { .. });
+        if matches!(self.state, State::Idle { .. }) {
+            self.idle_bytes += bytes.len();
+            if self.idle_bytes > rtmp.max_request_bytes {
+                return Err(SessionError::RequestTooLarge(rtmp.max_request_bytes));
+            }
+        }
         let session = &mut self.session;
         let results = std::panic::catch_unwind(AssertUnwindSafe(|| session.handle_input(bytes)))
             .map_err(|p| SessionError::Panic(super::panic_message(p.as_ref())))?
@@ -323,10 +434,21 @@ impl<'a> Connection<'a> {
             self.pending_bytes = 0;
         } else {
             self.pending_bytes += bytes.len();
-            if self.pending_bytes > self.ctx.rtmp.max_message_bytes {
-                return Err(SessionError::TooLarge(self.ctx.rtmp.max_message_bytes));
+            let limit = if publishing {
+                rtmp.max_message_bytes
+            } else {
+                rtmp.max_request_bytes
+            };
+            if self.pending_bytes > limit {
+                return Err(SessionError::TooLarge(limit));
             }
         }
+        // Publishers (authenticated) do not count against the shared
+        // budget, so unauthenticated peers cannot use it up against them.
+        let held = if publishing { 0 } else { self.pending_bytes };
+        self.buffered
+            .set(held)
+            .map_err(|_| SessionError::BufferBudget)?;
         Ok(results)
     }
 
@@ -374,7 +496,9 @@ impl<'a> Connection<'a> {
                     let r = self.session.accept_request(request_id);
                     self.push_results(r)?;
                 } else {
-                    tracing::info!(peer = %self.peer, app = %app_name, "RTMP connect refused: unknown application");
+                    if self.may_log() {
+                        tracing::info!(peer = %self.peer, app = %app_name, "RTMP connect refused: unknown application");
+                    }
                     let r = self.session.reject_request(
                         request_id,
                         "NetConnection.Connect.Rejected",
@@ -393,10 +517,10 @@ impl<'a> Connection<'a> {
                     .await?
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
-                if let State::Publishing { feed, .. } =
-                    std::mem::replace(&mut self.state, State::Idle)
-                {
-                    self.ctx.engine.unpublish(feed).await;
+                if matches!(self.state, State::Publishing { .. }) {
+                    if let State::Publishing { feed, .. } = self.become_idle() {
+                        self.ctx.engine.unpublish(feed).await;
+                    }
                 }
             }
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
@@ -423,10 +547,10 @@ impl<'a> Connection<'a> {
                     .await?
             }
             ServerSessionEvent::PlayStreamFinished { .. } => {
-                if let State::Playing { key, player, .. } =
-                    std::mem::replace(&mut self.state, State::Idle)
-                {
-                    self.ctx.engine.unplay(key, player).await;
+                if matches!(self.state, State::Playing { .. }) {
+                    if let State::Playing { key, player, .. } = self.become_idle() {
+                        self.ctx.engine.unplay(key, player).await;
+                    }
                 }
             }
             _ => {}
@@ -458,6 +582,12 @@ impl<'a> Connection<'a> {
             .map_err(|_| SessionError::EngineGone)
     }
 
+    /// Whether a line about a refusal of this peer may be written now (see
+    /// `telemetry::LogLimiter`); metrics count every refusal regardless.
+    fn may_log(&self) -> bool {
+        self.ctx.log.allow("rtmp_refused", Some(self.peer.ip()))
+    }
+
     fn refuse_publish(
         &mut self,
         request_id: u32,
@@ -482,7 +612,7 @@ impl<'a> Connection<'a> {
         app: &str,
         stream_key: &str,
     ) -> Result<(), SessionError> {
-        if !matches!(self.state, State::Idle) {
+        if !matches!(self.state, State::Idle { .. }) {
             return self.refuse_publish(
                 request_id,
                 "NetStream.Publish.BadConnection",
@@ -490,7 +620,9 @@ impl<'a> Connection<'a> {
             );
         }
         if self.ctx.readiness.is_draining() {
-            tracing::info!(peer = %self.peer, "publish refused: shutting down");
+            if self.may_log() {
+                tracing::info!(peer = %self.peer, "publish refused: shutting down");
+            }
             self.ctx
                 .metrics
                 .admission_refusals
@@ -502,7 +634,9 @@ impl<'a> Connection<'a> {
         let req = match parse_stream_key(&Self::full_key(app, stream_key)) {
             Ok(r) => r,
             Err(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "publish refused: bad stream key");
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, error = %e, "publish refused: bad stream key");
+                }
                 self.ctx
                     .metrics
                     .admission_refusals
@@ -528,7 +662,9 @@ impl<'a> Connection<'a> {
                 .admission_refusals
                 .with_label_values(&["missing_token"])
                 .inc();
-            tracing::info!(peer = %self.peer, stream = %stream, "publish refused: no token");
+            if self.may_log() {
+                tracing::info!(peer = %self.peer, stream = %stream, "publish refused: no token");
+            }
             return self.refuse_publish(
                 request_id,
                 "NetStream.Publish.BadName",
@@ -537,25 +673,36 @@ impl<'a> Connection<'a> {
         };
         let admitted = match self
             .ctx
-            .admission
-            .check(&token, &stream, &source, self.peer.ip(), chrono::Utc::now())
+            .admit(&token, &stream, &source, self.peer.ip())
             .await
         {
             Ok(a) => a,
-            Err(AdmitError::Refused(r)) => {
+            Err(AdmitFailure::Throttled(b)) => {
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, stream = %stream, blocked = b.key.kind(), retry_in_ms = b.retry_in.as_millis() as u64, "publish refused: too many failed attempts");
+                }
+                return self.refuse_publish(
+                    request_id,
+                    "NetStream.Publish.Rejected",
+                    AdmitFailure::Throttled(b).public_message(),
+                );
+            }
+            Err(AdmitFailure::Check(AdmitError::Refused(r))) => {
                 self.ctx
                     .metrics
                     .admission_refusals
                     .with_label_values(&[r.code()])
                     .inc();
-                tracing::info!(peer = %self.peer, stream = %stream, source = %source, reason = r.code(), "publish refused");
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, stream = %stream, source = %source, reason = r.code(), "publish refused");
+                }
                 return self.refuse_publish(
                     request_id,
                     "NetStream.Publish.BadName",
                     r.public_message(),
                 );
             }
-            Err(AdmitError::Unavailable(e)) => {
+            Err(AdmitFailure::Check(AdmitError::Unavailable(e))) => {
                 self.ctx
                     .metrics
                     .admission_refusals
@@ -612,7 +759,9 @@ impl<'a> Connection<'a> {
                     .admission_refusals
                     .with_label_values(&[code])
                     .inc();
-                tracing::info!(peer = %self.peer, stream = %stream, reason = %refusal, "publish refused");
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, stream = %stream, reason = %refusal, "publish refused");
+                }
                 let text = match refusal {
                     PublishRefusal::ShuttingDown => "SHUTTING_DOWN".to_owned(),
                     other => other.to_string(),
@@ -635,18 +784,22 @@ impl<'a> Connection<'a> {
                 .reject_request(request_id, "NetStream.Play.Failed", reason);
             this.push_results(r)
         };
-        if !matches!(self.state, State::Idle) {
+        if !matches!(self.state, State::Idle { .. }) {
             return refuse(self, "this connection is already in use");
         }
         if self.ctx.readiness.is_draining() {
-            tracing::info!(peer = %self.peer, "play refused: shutting down");
+            if self.may_log() {
+                tracing::info!(peer = %self.peer, "play refused: shutting down");
+            }
             self.close_after_flush = true;
             return refuse(self, "SHUTTING_DOWN");
         }
         let req = match parse_stream_key(&Self::full_key(app, stream_key)) {
             Ok(r) => r,
             Err(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "play refused: bad stream key");
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, error = %e, "play refused: bad stream key");
+                }
                 return refuse(self, &e.to_string());
             }
         };
@@ -661,21 +814,13 @@ impl<'a> Connection<'a> {
             };
             if let Err(e) = self
                 .ctx
-                .admission
-                .check(
-                    token,
-                    &req.stream,
-                    &req.source,
-                    self.peer.ip(),
-                    chrono::Utc::now(),
-                )
+                .admit(token, &req.stream, &req.source, self.peer.ip())
                 .await
             {
-                let msg = match e {
-                    AdmitError::Refused(r) => r.public_message(),
-                    AdmitError::Unavailable(_) => "token check unavailable; retry",
-                };
-                tracing::info!(peer = %self.peer, stream = %req.stream, "play refused: {msg}");
+                let msg = e.public_message();
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, stream = %req.stream, "play refused: {msg}");
+                }
                 return refuse(self, msg);
             }
         }
@@ -691,7 +836,10 @@ impl<'a> Connection<'a> {
             .play(key.clone(), PlayerFormat::Flv)
             .await
             .map_err(|_| SessionError::EngineGone)?;
-        tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+        // Anyone may play (unless play_requires_token): limited like refusals.
+        if self.ctx.log.allow("rtmp_play", Some(self.peer.ip())) {
+            tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+        }
         self.state = State::Playing {
             stream_id,
             key,
@@ -726,7 +874,9 @@ impl<'a> Connection<'a> {
         let peer_node = match verified {
             Ok(n) => n,
             Err(why) => {
-                tracing::info!(peer = %self.peer, feed = %feed, reason = %why, "relay play refused");
+                if self.may_log() {
+                    tracing::info!(peer = %self.peer, feed = %feed, reason = %why, "relay play refused");
+                }
                 return refuse(self, "invalid cluster credential");
             }
         };
@@ -775,10 +925,10 @@ impl<'a> Connection<'a> {
 
     /// Tell the engine this connection is gone.
     async fn finish(&mut self) {
-        match std::mem::replace(&mut self.state, State::Idle) {
+        match self.become_idle() {
             State::Publishing { feed, .. } => self.ctx.engine.unpublish(feed).await,
             State::Playing { key, player, .. } => self.ctx.engine.unplay(key, player).await,
-            State::Idle => {}
+            State::Idle { .. } => {}
         }
         let _ = self.sock.shutdown().await;
     }

@@ -2,26 +2,39 @@
 //! into frames for the engine; players receive the source's shared
 //! MPEG-TS output in 7×188-byte messages.
 //!
-//! Admission happens before a connection is accepted: the stream id is
-//! parsed (Access Control `#!::r=…,m=…,s=…` or the free form), the token is
-//! checked, and refusals use the SRT reject codes of DESIGN section 4 (1400
-//! malformed stream id, 1401 bad token, 1403 not allowed, 1405 bad mode,
-//! 1503 shutting down). These are libsrt API values (`SRT_REJX_*`); on the
-//! wire the handshake type carries API value + 1000, which is the 2000
-//! range srt-protocol names `ServerRejectReason` (2403 = `SRT_REJX_FORBIDDEN`).
+//! Admission happens before a connection is accepted: the caller's address
+//! must be within `srt.max_connections[_per_ip]`, the handshake must not
+//! ask for encryption (not offered yet: refused with libsrt's
+//! `SRT_REJ_UNSECURE`, as a libsrt listener without a passphrase does), the
+//! stream id is parsed (Access Control `#!::r=…,m=…,s=…` or the free form),
+//! the token is checked behind the admission throttle, and refusals use the
+//! SRT reject codes of DESIGN section 4 (1400 malformed stream id, 1401 bad
+//! token, 1402 connection limit or too many failed attempts, 1403 not
+//! allowed, 1405 bad mode, 1503 shutting down). These are libsrt API values
+//! (`SRT_REJX_*`); on the wire the handshake type carries API value + 1000,
+//! which is the 2000 range srt-protocol names `ServerRejectReason` (2403 =
+//! `SRT_REJX_FORBIDDEN`).
+//!
+//! Datagrams that are not SRT packets are counted
+//! (`primacy_srt_garbage_packets_total`) from the listener's statistics and
+//! logged through the log limiter; srt-protocol's own per-datagram
+//! warnings are filtered out (`telemetry`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, SinkExt, StreamExt};
 use srt_tokio::access::RejectReason;
+use srt_tokio::options::KeySize;
 use srt_tokio::{ConnectionRequest, SrtIncoming, SrtSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::demux::TsFeedDemux;
 use super::url::{parse_srt_stream_id, SrtMode, StreamIdError};
-use super::IngestContext;
+use super::{AdmitFailure, IngestContext};
 use crate::auth::publish::{AdmitError, Refusal};
 use crate::domain::FeedId;
 use crate::engine::{
@@ -29,6 +42,7 @@ use crate::engine::{
     SourceKey, SrtFeedStats,
 };
 use crate::media::ts::mux::chunk_1316;
+use crate::supervise::ServeError;
 
 /// Bind the listener's UDP socket with kernel receive and send buffers of
 /// `bytes` (`srt.udp_buffer_bytes`). One socket carries every SRT
@@ -75,9 +89,14 @@ pub fn bind_udp(
 pub mod codes {
     pub const MALFORMED: i32 = 1400;
     pub const UNAUTHORIZED: i32 = 1401;
+    /// `SRT_REJX_OVERLOAD`: a connection limit, or too many failed attempts.
+    pub const OVERLOAD: i32 = 1402;
     pub const FORBIDDEN: i32 = 1403;
     pub const BAD_MODE: i32 = 1405;
     pub const UNAVAILABLE: i32 = 1503;
+    /// libsrt's core reason `SRT_REJ_UNSECURE` (11) as it travels on the
+    /// wire (+ 1000): "only one side set a passphrase".
+    pub const WIRE_UNSECURE: i32 = 1011;
 }
 
 fn reject_code(r: Refusal) -> i32 {
@@ -89,36 +108,105 @@ fn reject_code(r: Refusal) -> i32 {
 
 /// Accept connection requests until `cancel` fires; it also closes every
 /// open session. While draining, requests are still answered (1503).
-/// `listener` is held here: dropping it would stop the listener.
+/// `listener` is held here: dropping it would stop the listener. Returns
+/// an error when srt-tokio's listener task ends on its own (a panic
+/// inside it): the supervisor binds a new listener.
 pub async fn serve(
-    listener: srt_tokio::SrtListener,
+    mut listener: srt_tokio::SrtListener,
     mut incoming: SrtIncoming,
     ctx: Arc<IngestContext>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-) {
-    let _listener = listener;
+) -> Result<(), ServeError> {
+    let mut stats = Some(listener.statistics().clone());
+    let mut garbage_seen = 0u64;
     loop {
+        let next_stats = async {
+            match stats.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let req = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => return Ok(()),
+            s = next_stats => {
+                match s {
+                    Some(s) => count_garbage(&ctx, s.rx_parse_errors, &mut garbage_seen),
+                    None => stats = None,
+                }
+                continue;
+            }
             r = incoming.incoming().next() => match r {
                 Some(r) => r,
-                None => break,
+                None => {
+                    return Err(ServeError::Ended(
+                        "the SRT listener task ended (srt-tokio stopped handing over connection requests)"
+                            .into(),
+                    ))
+                }
             },
         };
         let ctx = ctx.clone();
         let stop = cancel.clone();
         tracker.spawn(async move {
             let peer = req.remote();
-            if let Err(e) = handle(req, &ctx, &stop).await {
-                tracing::warn!(%peer, error = %e, "SRT session ended with an error");
+            if let Err(e) = contained(handle(req, &ctx, &stop)).await {
+                ctx.metrics
+                    .session_errors
+                    .with_label_values(&["srt", "session"])
+                    .inc();
+                if ctx.log.allow("srt_session_error", Some(peer.ip())) {
+                    tracing::warn!(%peer, error = %e, "SRT session ended with an error");
+                }
             }
         });
     }
 }
 
-async fn reject(req: ConnectionRequest, code: i32, why: &str) -> std::io::Result<()> {
-    tracing::info!(peer = %req.remote(), code, reason = why, "SRT connection refused");
+/// Run a session, turning a panic inside it into an error, so that the
+/// caller still unregisters its feed or player.
+async fn contained(
+    session: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    AssertUnwindSafe(session)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| {
+            Err(std::io::Error::other(format!(
+                "panicked: {}",
+                super::panic_message(p.as_ref())
+            )))
+        })
+}
+
+/// Datagrams the listener could not parse since it started: counted,
+/// and logged (rate-limited; their senders are not known).
+fn count_garbage(ctx: &IngestContext, total: u64, seen: &mut u64) {
+    let new = total.saturating_sub(*seen);
+    *seen = total;
+    if new == 0 {
+        return;
+    }
+    ctx.metrics.srt_garbage_packets.inc_by(new);
+    if ctx.log.allow("srt_garbage", None) {
+        tracing::warn!(
+            datagrams = new,
+            total,
+            "datagrams on the SRT port that are not SRT packets"
+        );
+    }
+}
+
+async fn reject(
+    req: ConnectionRequest,
+    ctx: &IngestContext,
+    code: i32,
+    why: &str,
+) -> std::io::Result<()> {
+    let peer = req.remote();
+    if ctx.log.allow("srt_refused", Some(peer.ip())) {
+        tracing::info!(%peer, code, reason = why, "SRT connection refused");
+    }
     // libsrt adds 1000 to the API code on the wire; sending the bare code
     // made libsrt callers read reason `code - 1000` ("Unknown or erroneous").
     let wire = RejectReason::try_from(code + 1000)
@@ -132,6 +220,37 @@ async fn handle(
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
     let peer = req.remote();
+    let _slot = match ctx.srt_limits.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(which) => {
+            ctx.metrics
+                .connections_refused
+                .with_label_values(&["srt", which.label()])
+                .inc();
+            let why = match which {
+                super::LimitExceeded::Total => "connection limit reached (srt.max_connections)",
+                super::LimitExceeded::PerIp => {
+                    "connection limit of this address reached (srt.max_connections_per_ip)"
+                }
+            };
+            return reject(req, ctx, codes::OVERLOAD, why).await;
+        }
+    };
+    if req.key_size() != KeySize::Unspecified {
+        // A passphrase: encryption is not offered yet. libsrt's listener
+        // without a passphrase answers SRT_REJ_UNSECURE; so do we, before
+        // the token is even looked at.
+        ctx.metrics
+            .admission_refusals
+            .with_label_values(&["encryption"])
+            .inc();
+        if ctx.log.allow("srt_refused", Some(peer.ip())) {
+            tracing::info!(%peer, reason = "encryption requested; not supported", "SRT connection refused");
+        }
+        let wire = RejectReason::try_from(codes::WIRE_UNSECURE)
+            .unwrap_or(RejectReason::CoreUnrecognized(codes::WIRE_UNSECURE));
+        return req.reject(wire).await;
+    }
     let raw = req.stream_id().map(|s| s.to_string());
     let (mode, sreq) = match parse_srt_stream_id(raw.as_deref()) {
         Ok(v) => v,
@@ -140,14 +259,14 @@ async fn handle(
                 .admission_refusals
                 .with_label_values(&["bad_mode"])
                 .inc();
-            return reject(req, codes::BAD_MODE, &e.to_string()).await;
+            return reject(req, ctx, codes::BAD_MODE, &e.to_string()).await;
         }
         Err(e) => {
             ctx.metrics
                 .admission_refusals
                 .with_label_values(&["bad_request"])
                 .inc();
-            return reject(req, codes::MALFORMED, &e.to_string()).await;
+            return reject(req, ctx, codes::MALFORMED, &e.to_string()).await;
         }
     };
     if ctx.readiness.is_draining() {
@@ -155,7 +274,7 @@ async fn handle(
             .admission_refusals
             .with_label_values(&["shutting_down"])
             .inc();
-        return reject(req, codes::UNAVAILABLE, "shutting down").await;
+        return reject(req, ctx, codes::UNAVAILABLE, "shutting down").await;
     }
     let needs_token = mode == SrtMode::Publish || ctx.srt.play_requires_token;
     let admitted = if needs_token {
@@ -164,33 +283,30 @@ async fn handle(
                 .admission_refusals
                 .with_label_values(&["missing_token"])
                 .inc();
-            return reject(req, codes::UNAUTHORIZED, "missing token (s=)").await;
+            return reject(req, ctx, codes::UNAUTHORIZED, "missing token (s=)").await;
         };
         match ctx
-            .admission
-            .check(
-                token,
-                &sreq.stream,
-                &sreq.source,
-                peer.ip(),
-                chrono::Utc::now(),
-            )
+            .admit(token, &sreq.stream, &sreq.source, peer.ip())
             .await
         {
             Ok(a) => Some(a),
-            Err(AdmitError::Refused(r)) => {
+            Err(AdmitFailure::Throttled(b)) => {
+                let why = format!("too many failed attempts ({} blocked)", b.key.kind());
+                return reject(req, ctx, codes::OVERLOAD, &why).await;
+            }
+            Err(AdmitFailure::Check(AdmitError::Refused(r))) => {
                 ctx.metrics
                     .admission_refusals
                     .with_label_values(&[r.code()])
                     .inc();
-                return reject(req, reject_code(r), r.code()).await;
+                return reject(req, ctx, reject_code(r), r.code()).await;
             }
-            Err(AdmitError::Unavailable(e)) => {
+            Err(AdmitFailure::Check(AdmitError::Unavailable(e))) => {
                 ctx.metrics
                     .admission_refusals
                     .with_label_values(&["unavailable"])
                     .inc();
-                return reject(req, codes::UNAVAILABLE, &e).await;
+                return reject(req, ctx, codes::UNAVAILABLE, &e).await;
             }
         }
     } else {
@@ -220,13 +336,21 @@ async fn handle(
                         PublishRefusal::Banned { .. } => codes::FORBIDDEN,
                         PublishRefusal::ShuttingDown => codes::UNAVAILABLE,
                     };
-                    return reject(req, code, &refusal.to_string()).await;
+                    return reject(req, ctx, code, &refusal.to_string()).await;
                 }
-                Err(_) => return reject(req, codes::UNAVAILABLE, "engine stopped").await,
+                Err(_) => return reject(req, ctx, codes::UNAVAILABLE, "engine stopped").await,
             };
-            let socket = req.accept(None).await?;
+            // The feed is registered: it must be removed again if the
+            // handshake fails now (srt-protocol may still refuse it).
+            let socket = match req.accept(None).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    ctx.engine.unpublish(handle.id).await;
+                    return Err(e);
+                }
+            };
             tracing::info!(%peer, stream = %key.stream, source = %key.source, feed = %handle.id, "SRT publishing");
-            let result = publish(socket, handle.id, handle.control, ctx, stop).await;
+            let result = contained(publish(socket, handle.id, handle.control, ctx, stop)).await;
             ctx.engine.unpublish(handle.id).await;
             result
         }
@@ -236,8 +360,11 @@ async fn handle(
                 Ok(p) => p,
                 Err(_) => return Ok(()),
             };
-            tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
-            let result = play(socket, player.items, stop).await;
+            // Anyone may play (unless play_requires_token): limited like refusals.
+            if ctx.log.allow("srt_play", Some(peer.ip())) {
+                tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
+            }
+            let result = contained(play(socket, player.items, stop)).await;
             ctx.engine.unplay(key, player.id).await;
             result
         }

@@ -11,6 +11,8 @@ pub mod cluster;
 pub mod gateway;
 pub mod media;
 pub mod process;
+pub mod rtmp_raw;
+pub mod srt_raw;
 
 use std::time::Duration;
 
