@@ -297,11 +297,10 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             config.rtmp.max_connections,
             config.rtmp.max_connections_per_ip,
         ),
-        cluster_secret: config
-            .cluster
-            .secret
-            .as_ref()
-            .map(|s| cluster::credential::ClusterSecret::new(s.expose().as_bytes())),
+        cluster_secret: config.cluster.secret.as_ref().map(|s| {
+            cluster::credential::ClusterSecret::new(s.expose().as_bytes())
+                .with_max_skew_ms(config.cluster.max_skew_ms)
+        }),
     });
     let rtmp_addr = bind_rtmp(&config, &ctx, &stop, &sessions).await?;
     let srt_addr = bind_srt(&config, ctx, &stop, &sessions).await?;
@@ -327,6 +326,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             admission: admission.clone(),
             readiness: readiness.clone(),
             metrics: metrics.clone(),
+            db: db.clone(),
         },
     )?;
     match &cluster {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub cluster_remote_feeds: IntGauge,
     pub cluster_feeds: prometheus::IntGaugeVec,
     pub cluster_relays: prometheus::IntGaugeVec,
+    pub cluster_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -172,8 +173,17 @@ impl Metrics {
             &["state"],
         )
         .expect("metric");
+        let cluster_rejected = IntCounterVec::new(
+            Opts::new(
+                "cluster_rejected_total",
+                "Leases, feed records, events, commands and acks read from Redis and dropped, by kind and reason",
+            ),
+            &["kind", "reason"],
+        )
+        .expect("metric");
         for m in [
             Box::new(feeds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_rejected.clone()),
             Box::new(cluster_redis_up.clone()),
             Box::new(cluster_nodes.clone()),
             Box::new(cluster_remote_feeds.clone()),
@@ -226,6 +236,7 @@ impl Metrics {
             cluster_remote_feeds,
             cluster_feeds,
             cluster_relays,
+            cluster_rejected,
         }
     }
 

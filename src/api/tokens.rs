@@ -219,7 +219,7 @@ fn invalidate(state: &AppState, id: Uuid) {
 
 /// Disconnect a token's live feeds at once (disabled or deleted). The row
 /// is already changed, so their reconnects are refused.
-async fn disconnect_feeds(state: &AppState, id: Uuid, reason: &str) {
+async fn disconnect_feeds(state: &AppState, actor: &str, id: Uuid, reason: &str) {
     match state.engine.token_revoked(TokenId(id), reason).await {
         Ok(gone) if !gone.is_empty() => {
             tracing::info!(token_id = %id, feeds = gone.len(), reason, "disconnected the token's feeds")
@@ -229,10 +229,13 @@ async fn disconnect_feeds(state: &AppState, id: Uuid, reason: &str) {
     }
     if let Some(c) = state.cluster() {
         let g = c
-            .broadcast(Command::DisconnectToken {
-                token: TokenId(id),
-                reason: reason.to_owned(),
-            })
+            .broadcast_as(
+                Some(actor.to_owned()),
+                Command::DisconnectToken {
+                    token: TokenId(id),
+                    reason: reason.to_owned(),
+                },
+            )
             .await;
         let remote: usize = g.acks.iter().map(|a| a.outcome.affected.len()).sum();
         if remote > 0 {
@@ -540,7 +543,7 @@ pub async fn update(
     })
     .await?;
     if before.enabled && !row.enabled {
-        disconnect_feeds(&state, id, "token disabled").await;
+        disconnect_feeds(&state, &auth.actor(), id, "token disabled").await;
     }
     Ok(web::Json(Token::from_row(&row)))
 }
@@ -692,11 +695,14 @@ pub async fn reprioritize(
     let mut unanswered = Vec::new();
     if let Some(c) = state.cluster() {
         let g = c
-            .broadcast(Command::Reprioritize {
-                token: TokenId(id),
-                priority: row.priority,
-                disconnect: body.disconnect,
-            })
+            .broadcast_as(
+                Some(auth.actor()),
+                Command::Reprioritize {
+                    token: TokenId(id),
+                    priority: row.priority,
+                    disconnect: body.disconnect,
+                },
+            )
             .await;
         for ack in g.acks {
             report.affected.extend(ack.outcome.affected);
@@ -760,7 +766,7 @@ pub async fn delete(
         .await
         .map_err(|e| ApiError::from_store(e, "token"))?;
     invalidate(&state, id);
-    disconnect_feeds(&state, id, "token deleted").await;
+    disconnect_feeds(&state, &auth.actor(), id, "token deleted").await;
     tracing::info!(token_id = %id, "publish token deleted");
     Ok(HttpResponse::NoContent().finish())
 }

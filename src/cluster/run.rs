@@ -1,24 +1,28 @@
-//! The shell's tasks: the main loop (lease, registry writes, resync, peer
-//! expiry) and the pub/sub loop (events, control commands, acks).
+//! The shell's main loop (lease, registry writes, resync, peer expiry) and
+//! the sending side of commands. Everything written to Redis is sealed in a
+//! signed envelope here; leases and feed records read back are opened (and
+//! what fails is dropped and counted) before they reach the view or the
+//! engine. The pub/sub side is in [`super::pubsub`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use redis::{PushKind, RedisResult};
+use redis::RedisResult;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::control::{Ack, Command, Envelope, Gathered, NodeRef, Outcome};
+use super::control::{Command, Gathered, NodeRef, Request};
+use super::envelope::{Freshness, Kind, Reject};
 use super::registry::{wall_ms, wall_to_instant, Event, FeedRecord, Lease};
-use super::{manager_config, Inner, Peer};
-use crate::domain::{FeedId, SourceId, StreamName};
-use crate::engine::SourceKey;
+use super::{Inner, Peer};
+use crate::domain::FeedId;
 
 /// What the main loop remembers between rounds.
 struct Local {
@@ -29,6 +33,9 @@ struct Local {
     /// Some write was lost (Redis down): rewrite the whole hash.
     dirty: bool,
     resyncs: u64,
+    /// The signed timestamp of the last full rewrite of this node's
+    /// records (announced in the lease as `records_ms`).
+    records_ms: i64,
 }
 
 /// How often a full rewrite of this node's records happens even when no
@@ -38,25 +45,95 @@ const REWRITE_EVERY: u64 = 5;
 const RETRY: Duration = Duration::from_millis(200);
 /// How often peers' heartbeats are checked against the lease TTL.
 const EXPIRY_CHECK: Duration = Duration::from_millis(100);
-/// How often the subscriber pings while its connection is down (a
-/// ConnectionManager reconnects, and resubscribes, only when a command is
-/// sent); while it is up, every [`PING_EVERY_UP`] ticks.
-const SUBSCRIBER_PING: Duration = Duration::from_millis(250);
-const PING_EVERY_UP: u64 = 4;
-
-fn interval(every: Duration) -> tokio::time::Interval {
+pub(super) fn interval(every: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval(every);
     i.set_missed_tick_behavior(MissedTickBehavior::Delay);
     i
 }
 
 impl Inner {
-    fn con(&self) -> ConnectionManager {
+    pub(super) fn con(&self) -> ConnectionManager {
         self.con.clone()
     }
 
     fn redis_up(&self) -> bool {
         self.view.borrow().redis_up
+    }
+
+    pub(super) fn skew_ms(&self) -> i64 {
+        self.settings.max_skew.as_millis() as i64
+    }
+
+    /// `body` signed by this node at `ts` for `place`.
+    pub(super) fn seal<T: Serialize>(&self, kind: Kind, place: &str, ts: i64, body: &T) -> String {
+        self.signer
+            .seal(kind, place, &self.settings.node, ts, rand::random(), body)
+    }
+
+    /// Count and (rate-limited) log something dropped, read at `at`
+    /// claiming to come from `claimed`.
+    pub(super) fn reject(
+        &self,
+        kind: Kind,
+        reason: Reject,
+        at: &str,
+        claimed: impl FnOnce() -> String,
+    ) {
+        self.rejects.reject(kind, reason, at, claimed);
+    }
+
+    /// A lease read from `P:node:<node>`: signed by that node, for that
+    /// key, renewed within the lease TTL (plus skew).
+    fn open_lease(&self, node: &str, text: &str, now_ms: i64) -> Result<(Lease, i64), Reject> {
+        let fresh = Freshness::stored(self.settings.lease_ttl.as_millis() as i64, self.skew_ms());
+        let o = self.signer.open(
+            Kind::Lease,
+            &self.keys.lease(node),
+            Some(node),
+            text,
+            now_ms,
+            fresh,
+        )?;
+        let lease: Lease = o.parse()?;
+        if lease.node != node {
+            return Err(Reject::SenderMismatch);
+        }
+        Ok((lease, o.ts))
+    }
+
+    /// A record read from `P:feeds:<node>` field `field`: signed by that
+    /// node for that field, not older than its last full rewrite (a record
+    /// deleted since and written back is a replay) nor than the rewrite
+    /// period allows.
+    fn open_record(
+        &self,
+        node: &str,
+        records_ms: i64,
+        field: &str,
+        text: &str,
+        now_ms: i64,
+    ) -> Result<FeedRecord, Reject> {
+        let s = &self.settings;
+        let max_age = (s.lease_ttl + s.resync * REWRITE_EVERY as u32).as_millis() as i64;
+        let o = self.signer.open(
+            Kind::Feed,
+            &self.keys.feed_place(node, field),
+            Some(node),
+            text,
+            now_ms,
+            Freshness::stored(max_age, self.skew_ms()),
+        )?;
+        if o.ts < records_ms {
+            return Err(Reject::Stale);
+        }
+        let r: FeedRecord = o.parse()?;
+        if r.node != node {
+            return Err(Reject::SenderMismatch);
+        }
+        if r.feed_id.to_string() != field {
+            return Err(Reject::Malformed);
+        }
+        Ok(r)
     }
 
     /// A live peer's RTMP address.
@@ -103,7 +180,7 @@ impl Inner {
         changed
     }
 
-    fn lease(&self, feeds: usize) -> Lease {
+    fn lease(&self, feeds: usize, ts: i64, records_ms: i64) -> Lease {
         let s = &self.settings;
         Lease {
             node: s.node.clone(),
@@ -113,13 +190,14 @@ impl Inner {
             srt: s.srt.clone(),
             draining: self.draining.load(Ordering::Acquire),
             started_at: self.started_at,
-            renewed_ms: wall_ms(),
+            renewed_ms: ts,
+            records_ms,
             feeds,
             players: self.metrics.players.get(),
         }
     }
 
-    fn refresh_peer_gauge(&self) {
+    pub(super) fn refresh_peer_gauge(&self) {
         let n = self.view.borrow().peers.len();
         self.metrics.cluster_nodes.set(n as i64 + 1);
         let mut by_node: HashMap<(String, String), i64> = HashMap::new();
@@ -158,6 +236,7 @@ pub(super) async fn main_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         published: HashMap::new(),
         dirty: true,
         resyncs: 0,
+        records_ms: 0,
     };
     loop {
         tokio::select! {
@@ -176,13 +255,18 @@ pub(super) async fn main_loop(inner: Arc<Inner>, cancel: CancellationToken) {
 async fn renew_lease(inner: &Arc<Inner>, local: &mut Local) {
     let k = &inner.keys;
     let node = &inner.settings.node;
-    let lease = inner.lease(local.published.len());
+    let ts = wall_ms();
+    let lease = inner.lease(local.published.len(), ts, local.records_ms);
     let ttl = inner.settings.lease_ttl.as_millis() as u64;
-    let json = serde_json::to_string(&lease).expect("lease serializes");
-    let beat = serde_json::to_string(&Event::Heartbeat {
-        lease: Box::new(lease),
-    })
-    .expect("event serializes");
+    let json = inner.seal(Kind::Lease, &k.lease(node), ts, &lease);
+    let beat = inner.seal(
+        Kind::Event,
+        &k.events(),
+        ts,
+        &Event::Heartbeat {
+            lease: Box::new(lease),
+        },
+    );
     let r: RedisResult<()> = redis::pipe()
         .cmd("SET")
         .arg(k.lease(node))
@@ -224,6 +308,8 @@ async fn publish_local(inner: &Arc<Inner>, local: &mut Local) {
     };
     let now = Instant::now();
     let now_ms = wall_ms();
+    // Never before the last rewrite, even if the wall clock stepped back.
+    let ts = now_ms.max(local.records_ms);
     let s = &inner.settings;
     let k = &inner.keys;
     let mut pipe = redis::pipe();
@@ -241,14 +327,19 @@ async fn publish_local(inner: &Arc<Inner>, local: &mut Local) {
                 continue;
             }
         }
-        let json = serde_json::to_string(&rec).expect("record serializes");
-        let event = serde_json::to_string(&Event::Upsert {
-            record: Box::new(rec.clone()),
-        })
-        .expect("event serializes");
+        let field = id.to_string();
+        let json = inner.seal(Kind::Feed, &k.feed_place(&s.node, &field), ts, &rec);
+        let event = inner.seal(
+            Kind::Event,
+            &k.events(),
+            ts,
+            &Event::Upsert {
+                record: Box::new(rec.clone()),
+            },
+        );
         pipe.cmd("HSET")
             .arg(k.feeds(&s.node))
-            .arg(id.to_string())
+            .arg(field)
             .arg(json)
             .ignore()
             .cmd("PUBLISH")
@@ -266,11 +357,15 @@ async fn publish_local(inner: &Arc<Inner>, local: &mut Local) {
         .collect();
     for id in gone {
         local.published.remove(&id);
-        let event = serde_json::to_string(&Event::Remove {
-            node: s.node.clone(),
-            feed_id: id,
-        })
-        .expect("event serializes");
+        let event = inner.seal(
+            Kind::Event,
+            &k.events(),
+            ts,
+            &Event::Remove {
+                node: s.node.clone(),
+                feed_id: id,
+            },
+        );
         pipe.cmd("HDEL")
             .arg(k.feeds(&s.node))
             .arg(id.to_string())
@@ -295,7 +390,10 @@ async fn publish_local(inner: &Arc<Inner>, local: &mut Local) {
 }
 
 /// Rewrite this node's records when needed, then re-read every live node's
-/// lease and feeds and make them the remote view.
+/// lease and feeds and make them the remote view. A node is live when its
+/// lease in Redis verifies, or when a verified heartbeat of it arrived
+/// within the lease TTL (so a lease key deleted or spoiled by someone
+/// else does not drop a node that is heard from).
 async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
     if !inner.redis_up() {
         return;
@@ -305,14 +403,18 @@ async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
     let me = inner.settings.node.clone();
     let mut con = inner.con();
     if local.dirty || local.resyncs.is_multiple_of(REWRITE_EVERY) {
+        // Every record re-signed with one timestamp, announced in the next
+        // lease: anything older found in the hash later is a replay.
+        let ts = wall_ms().max(local.records_ms);
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("DEL").arg(k.feeds(&me)).ignore();
         if !local.published.is_empty() {
             let mut hset = redis::cmd("HSET");
             hset.arg(k.feeds(&me));
             for (id, (_, rec)) in &local.published {
-                hset.arg(id.to_string())
-                    .arg(serde_json::to_string(rec).expect("record serializes"));
+                let field = id.to_string();
+                let sealed = inner.seal(Kind::Feed, &k.feed_place(&me, &field), ts, rec);
+                hset.arg(field).arg(sealed);
             }
             pipe.add_command(hset).ignore();
             pipe.cmd("PEXPIRE")
@@ -321,7 +423,10 @@ async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
                 .ignore();
         }
         match pipe.query_async::<()>(&mut con).await {
-            Ok(()) => local.dirty = false,
+            Ok(()) => {
+                local.dirty = false;
+                local.records_ms = ts;
+            }
             Err(e) => {
                 inner.set_redis(false, Some(&e));
                 return;
@@ -339,7 +444,25 @@ async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
             return;
         }
     };
-    let others: Vec<String> = members.into_iter().filter(|m| *m != me).collect();
+    // Peers heard from within the TTL count even when the node set lost them.
+    let ttl = inner.settings.lease_ttl;
+    let heard: BTreeMap<String, Peer> = {
+        let now = Instant::now();
+        inner
+            .view
+            .borrow()
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.seen) <= ttl)
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
+    };
+    let mut others: Vec<String> = members.into_iter().filter(|m| *m != me).collect();
+    for n in heard.keys() {
+        if !others.contains(n) {
+            others.push(n.clone());
+        }
+    }
     let leases: Vec<Option<String>> = if others.is_empty() {
         Vec::new()
     } else {
@@ -355,60 +478,78 @@ async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
             }
         }
     };
-    let mut live: Vec<Lease> = Vec::new();
+    let now_ms = wall_ms();
+    // Node → (lease, signed ts): the newer of Redis's and the heartbeat's.
+    let mut live: BTreeMap<String, (Lease, i64)> = BTreeMap::new();
     let mut dead: Vec<&String> = Vec::new();
-    for (n, l) in others.iter().zip(leases) {
-        match l.and_then(|j| serde_json::from_str::<Lease>(&j).ok()) {
-            Some(lease) if lease.node == *n => live.push(lease),
-            _ => dead.push(n),
+    for (n, text) in others.iter().zip(leases) {
+        let stored = text.and_then(|t| match inner.open_lease(n, &t, now_ms) {
+            Ok(l) => Some(l),
+            Err(reason) => {
+                inner.reject(Kind::Lease, reason, &k.lease(n), || n.clone());
+                None
+            }
+        });
+        let best = match (stored, heard.get(n)) {
+            (Some((_, ts)), Some(p)) if p.ts > ts => Some((p.lease.clone(), p.ts)),
+            (Some(l), _) => Some(l),
+            (None, Some(p)) => Some((p.lease.clone(), p.ts)),
+            (None, None) => None,
+        };
+        match best {
+            Some(l) => {
+                live.insert(n.clone(), l);
+            }
+            None => dead.push(n),
         }
     }
     let mut pipe = redis::pipe();
     for n in &dead {
         pipe.cmd("SREM").arg(k.nodes()).arg(n.as_str()).ignore();
     }
-    for l in &live {
-        pipe.cmd("HGETALL").arg(k.feeds(&l.node));
+    for n in live.keys() {
+        pipe.cmd("HGETALL").arg(k.feeds(n));
     }
-    let hashes: Vec<HashMap<String, String>> = if dead.is_empty() && live.is_empty() {
-        Vec::new()
-    } else {
-        match pipe.query_async(&mut con).await {
-            Ok(h) => h,
-            Err(e) => {
-                inner.set_redis(false, Some(&e));
-                return;
-            }
+    // This node's own records too: someone else may have changed them.
+    pipe.cmd("HGETALL").arg(k.feeds(&me));
+    let mut hashes: Vec<HashMap<String, String>> = match pipe.query_async(&mut con).await {
+        Ok(h) => h,
+        Err(e) => {
+            inner.set_redis(false, Some(&e));
+            return;
         }
     };
+    if let Some(own) = hashes.pop() {
+        check_own_records(inner, local, &own, now_ms);
+    }
     let mut remote = HashMap::new();
-    for (lease, hash) in live.iter().zip(hashes) {
-        for json in hash.values() {
-            match serde_json::from_str::<FeedRecord>(json) {
-                Ok(r) if r.node == lease.node => {
+    for ((node, (lease, _)), hash) in live.iter().zip(hashes) {
+        for (field, text) in &hash {
+            match inner.open_record(node, lease.records_ms, field, text, now_ms) {
+                Ok(r) => {
                     remote.insert(r.feed_id, r);
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(node = %lease.node, error = %e, "unreadable feed record; skipped")
+                Err(reason) => {
+                    inner.reject(Kind::Feed, reason, &k.feed_place(node, field), || {
+                        node.clone()
+                    });
                 }
             }
         }
     }
     let now = Instant::now();
-    let now_ms = wall_ms();
     inner.view.send_modify(|v| {
-        let mut peers = std::collections::BTreeMap::new();
-        for lease in live {
-            let reported = wall_to_instant(lease.renewed_ms, now, now_ms);
+        let mut peers = BTreeMap::new();
+        for (node, (lease, ts)) in live {
+            let reported = wall_to_instant(ts, now, now_ms);
             let seen = v
                 .peers
-                .get(&lease.node)
+                .get(&node)
                 .map_or(reported, |p| p.seen.max(reported));
-            peers.insert(lease.node.clone(), Peer { lease, seen });
+            peers.insert(node, Peer { lease, ts, seen });
         }
         for gone in v.peers.keys().filter(|n| !peers.contains_key(*n)) {
-            tracing::warn!(node = %gone, "node left the cluster (no lease)");
+            tracing::warn!(node = %gone, "node left the cluster (no valid lease)");
         }
         v.peers = peers;
     });
@@ -416,6 +557,38 @@ async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
     *inner.remote.lock().expect("remote lock") = remote;
     let _ = inner.engine.remote_replace(feeds).await;
     inner.refresh_peer_gauge();
+}
+
+/// Compare this node's records in Redis with what it wrote: a record that
+/// does not verify (counted), is missing, or was added by someone else
+/// makes the whole hash be rewritten at the next resync, so the other
+/// nodes miss a tampered-with feed of this node for one resync at most.
+fn check_own_records(inner: &Inner, local: &mut Local, own: &HashMap<String, String>, now_ms: i64) {
+    let me = &inner.settings.node;
+    let mut intact = own.len() == local.published.len();
+    for (field, text) in own {
+        let wrote = field
+            .parse::<Uuid>()
+            .ok()
+            .and_then(|id| local.published.get(&id));
+        match inner.open_record(me, local.records_ms, field, text, now_ms) {
+            Ok(r) if wrote.is_some_and(|(_, w)| *w == r) => {}
+            Ok(_) => intact = false,
+            Err(reason) => {
+                intact = false;
+                inner.reject(
+                    Kind::Feed,
+                    reason,
+                    &inner.keys.feed_place(me, field),
+                    || me.clone(),
+                );
+            }
+        }
+    }
+    if !intact && !local.dirty {
+        tracing::warn!(node = %me, "this node's feed records in redis differ from what it wrote; rewriting them");
+        local.dirty = true;
+    }
 }
 
 /// Drop nodes whose heartbeat is older than the lease TTL (only while Redis
@@ -444,7 +617,7 @@ async fn expire_peers(inner: &Arc<Inner>) {
     }
 }
 
-async fn drop_node_feeds(inner: &Arc<Inner>, node: &str) {
+pub(super) async fn drop_node_feeds(inner: &Arc<Inner>, node: &str) {
     let ids: Vec<Uuid> = {
         let mut remote = inner.remote.lock().expect("remote lock");
         let ids: Vec<Uuid> = remote
@@ -467,8 +640,12 @@ async fn drop_node_feeds(inner: &Arc<Inner>, node: &str) {
 pub(super) async fn leave(inner: &Arc<Inner>) {
     let k = &inner.keys;
     let me = &inner.settings.node;
-    let event =
-        serde_json::to_string(&Event::Leave { node: me.clone() }).expect("event serializes");
+    let event = inner.seal(
+        Kind::Event,
+        &k.events(),
+        wall_ms(),
+        &Event::Leave { node: me.clone() },
+    );
     let r: RedisResult<()> = redis::pipe()
         .cmd("DEL")
         .arg(k.lease(me))
@@ -492,7 +669,11 @@ pub(super) async fn leave(inner: &Arc<Inner>) {
     }
 }
 
-pub(super) async fn broadcast(inner: &Arc<Inner>, command: Command) -> Gathered {
+pub(super) async fn broadcast(
+    inner: &Arc<Inner>,
+    actor: Option<String>,
+    command: Command,
+) -> Gathered {
     let expected: Vec<NodeRef> = inner
         .view
         .borrow()
@@ -510,12 +691,13 @@ pub(super) async fn broadcast(inner: &Arc<Inner>, command: Command) -> Gathered 
     let id = Uuid::new_v4();
     let (tx, mut rx) = mpsc::channel(expected.len().max(1));
     inner.pending.lock().expect("pending lock").insert(id, tx);
-    let envelope = Envelope {
+    let request = Request {
         id,
         from: inner.settings.node.clone(),
+        actor,
         command,
     };
-    let payload = serde_json::to_string(&envelope).expect("command serializes");
+    let payload = inner.seal(Kind::Command, &inner.keys.control(), wall_ms(), &request);
     let sent: RedisResult<i64> = redis::cmd("PUBLISH")
         .arg(inner.keys.control())
         .arg(payload)
@@ -546,237 +728,4 @@ pub(super) async fn broadcast(inner: &Arc<Inner>, command: Command) -> Gathered 
             "nodes did not answer a cluster command in time");
     }
     gathered
-}
-
-pub(super) async fn pubsub_loop(inner: Arc<Inner>, cancel: CancellationToken) {
-    // The library's push sender is unbounded; messages are small and each
-    // is handled at once (commands in their own task).
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let config = manager_config()
-        .set_push_sender(tx)
-        .set_automatic_resubscription();
-    let mut con = match ConnectionManager::new_lazy_with_config(inner.client.clone(), config) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the redis subscriber");
-            return;
-        }
-    };
-    let k = &inner.keys;
-    let channels = [k.events(), k.control(), k.ack(&inner.settings.node)];
-    let mut subscribed = 0;
-    let mut ping = interval(SUBSCRIBER_PING);
-    let mut ticks: u64 = 0;
-    let mut reconnecting = false;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            push = rx.recv() => match push {
-                Some(p) => {
-                    match p.kind {
-                        PushKind::Disconnection => reconnecting = true,
-                        PushKind::Subscribe => reconnecting = false,
-                        _ => {}
-                    }
-                    on_push(&inner, p).await
-                }
-                None => break,
-            },
-            _ = ping.tick() => {
-                if subscribed < channels.len() {
-                    while subscribed < channels.len() {
-                        if con.subscribe(&channels[subscribed]).await.is_err() {
-                            break;
-                        }
-                        subscribed += 1;
-                    }
-                    if subscribed == channels.len() {
-                        tracing::debug!("subscribed to the cluster channels");
-                        inner.resync_now.notify_one();
-                    }
-                } else {
-                    ticks += 1;
-                    if reconnecting || ticks.is_multiple_of(PING_EVERY_UP) {
-                        let _: RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn on_push(inner: &Arc<Inner>, push: redis::PushInfo) {
-    match push.kind {
-        PushKind::Message => {}
-        PushKind::Subscribe => {
-            // (Re)subscribed after a reconnect: events may have been missed.
-            inner.resync_now.notify_one();
-            return;
-        }
-        _ => return,
-    }
-    let mut data = push.data.into_iter();
-    let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
-        return;
-    };
-    let (Ok(channel), Ok(payload)) = (
-        redis::from_redis_value::<String>(channel),
-        redis::from_redis_value::<String>(payload),
-    ) else {
-        return;
-    };
-    let k = &inner.keys;
-    if channel == k.events() {
-        match serde_json::from_str::<Event>(&payload) {
-            Ok(e) => on_event(inner, e).await,
-            Err(e) => tracing::warn!(error = %e, "unreadable cluster event; ignored"),
-        }
-    } else if channel == k.control() {
-        match serde_json::from_str::<Envelope>(&payload) {
-            Ok(env) if env.from != inner.settings.node => {
-                let inner = inner.clone();
-                tokio::spawn(async move { on_command(&inner, env).await });
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "unreadable cluster command; ignored"),
-        }
-    } else if channel == k.ack(&inner.settings.node) {
-        if let Ok(ack) = serde_json::from_str::<Ack>(&payload) {
-            let tx = inner
-                .pending
-                .lock()
-                .expect("pending lock")
-                .get(&ack.id)
-                .cloned();
-            if let Some(tx) = tx {
-                let _ = tx.try_send(ack);
-            }
-        }
-    }
-}
-
-async fn on_event(inner: &Arc<Inner>, event: Event) {
-    let me = &inner.settings.node;
-    match event {
-        Event::Upsert { record } => {
-            if record.node == *me || !inner.view.borrow().peers.contains_key(&record.node) {
-                // Unknown node: its heartbeat or the next resync brings it in.
-                return;
-            }
-            let now = Instant::now();
-            let remote = record.to_remote(now, wall_ms());
-            inner
-                .remote
-                .lock()
-                .expect("remote lock")
-                .insert(record.feed_id, *record);
-            let _ = inner.engine.remote_upsert(remote).await;
-            inner.refresh_peer_gauge();
-        }
-        Event::Remove { node, feed_id } => {
-            if node == *me {
-                return;
-            }
-            inner.remote.lock().expect("remote lock").remove(&feed_id);
-            let _ = inner.engine.remote_remove(FeedId(feed_id)).await;
-            inner.refresh_peer_gauge();
-        }
-        Event::Heartbeat { lease } => {
-            if lease.node == *me {
-                return;
-            }
-            let mut new = false;
-            inner.view.send_modify(|v| {
-                let seen = Instant::now();
-                new = !v.peers.contains_key(&lease.node);
-                v.peers.insert(
-                    lease.node.clone(),
-                    Peer {
-                        lease: *lease,
-                        seen,
-                    },
-                );
-            });
-            if new {
-                inner.resync_now.notify_one();
-            }
-        }
-        Event::Leave { node } => {
-            if node == *me {
-                return;
-            }
-            tracing::info!(node = %node, "node released its lease");
-            inner.view.send_modify(|v| {
-                v.peers.remove(&node);
-            });
-            drop_node_feeds(inner, &node).await;
-        }
-    }
-}
-
-/// Apply another node's command here and answer it.
-async fn on_command(inner: &Arc<Inner>, env: Envelope) {
-    let e = &inner.engine;
-    let mut outcome = Outcome::default();
-    match env.command {
-        Command::DisconnectToken { token, reason } => {
-            inner.admission.invalidate(token);
-            if let Ok(gone) = e.token_revoked(token, &reason).await {
-                outcome.affected = gone;
-            }
-        }
-        Command::TokenChanged { token } => inner.admission.invalidate(token),
-        Command::Reprioritize {
-            token,
-            priority,
-            disconnect,
-        } => {
-            inner.admission.invalidate(token);
-            if let Ok(report) = e.reprioritize(token, priority, disconnect).await {
-                outcome = report.into();
-            }
-        }
-        Command::Kick { feed } => {
-            if let Ok(Some(view)) = e.kick(feed, Duration::ZERO).await {
-                outcome.affected.push(view);
-            }
-        }
-        Command::Ban {
-            token,
-            stream,
-            source_id,
-            ban_seconds,
-        } => {
-            let key = SourceKey {
-                stream: stream as StreamName,
-                source: source_id as SourceId,
-            };
-            let _ = e
-                .ban(token, key, Duration::from_secs(u64::from(ban_seconds)))
-                .await;
-        }
-        Command::Drain { node } => {
-            if node == inner.settings.node {
-                tracing::info!(from = %env.from, "drain requested through the cluster");
-                inner.readiness.begin_drain();
-                inner.draining.store(true, Ordering::Release);
-                inner.renew_now.notify_one();
-            }
-        }
-    }
-    let ack = Ack {
-        id: env.id,
-        node: inner.settings.node.clone(),
-        region: inner.settings.region.clone(),
-        outcome,
-    };
-    let payload = serde_json::to_string(&ack).expect("ack serializes");
-    let r: RedisResult<i64> = redis::cmd("PUBLISH")
-        .arg(inner.keys.ack(&env.from))
-        .arg(payload)
-        .query_async(&mut inner.con())
-        .await;
-    if let Err(err) = r {
-        tracing::warn!(to = %env.from, error = %err, "could not answer a cluster command");
-    }
 }
