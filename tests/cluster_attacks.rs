@@ -304,6 +304,73 @@ fn wait_until_some<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     out.expect("checked")
 }
 
+/// Commands signed with the cluster secret — as a bug, a node that left,
+/// or someone holding the secret and old captures could make them — but
+/// stale, from the future, from a node without a lease, or signed by one
+/// node while claiming another as sender: all dropped, each for its
+/// reason. The same command fresh and from a live node is obeyed (so the
+/// refusals are not the test's own signing going wrong).
+#[test]
+fn signed_commands_that_are_stale_unknown_or_misattributed_are_ignored() {
+    use primacy::cluster::envelope::{Kind, Signer};
+    const S: &str = "hostile7";
+    let tc = TestCluster::new(&shared_redis_url());
+    let (eu, ap) = two_nodes(&tc);
+    let (_, secret) = tc.token(&ap, &[S], 100);
+    let mut enc = media::publish(Fixture::A, &eu.rtmp(&format!("{S}?token={secret}")));
+    let feed = wait_until_some("both nodes elect the eu feed", || {
+        agree_on(&[&eu, &ap], S, "eu-1")
+    });
+    let signer = Signer::new(common::cluster::CLUSTER_SECRET.as_bytes());
+    let control = format!("{}:control", tc.prefix);
+    let kick = |from: &str| {
+        json!({"id": uuid::Uuid::new_v4(), "from": from, "actor": "api-key:test",
+            "command": {"cmd": "kick", "feed": feed}})
+    };
+    let sealed = |signed_by: &str, ts: i64, body: &Value| {
+        let nonce = *uuid::Uuid::new_v4().as_bytes();
+        signer.seal(Kind::Command, &control, signed_by, ts, nonce, body)
+    };
+    let mut a = Attacker::new(&tc);
+    let now = now_ms();
+    a.publish("control", &sealed("ap-1", now - 60_000, &kick("ap-1")));
+    a.publish("control", &sealed("ap-1", now + 60_000, &kick("ap-1")));
+    a.publish("control", &sealed("ghost-1", now, &kick("ghost-1")));
+    a.publish("control", &sealed("ap-1", now, &kick("us-1")));
+    // Signed for the events channel, published on the control channel.
+    let nonce = *uuid::Uuid::new_v4().as_bytes();
+    let events = format!("{}:events", tc.prefix);
+    a.publish(
+        "control",
+        &signer.seal(Kind::Command, &events, "ap-1", now, nonce, &kick("ap-1")),
+    );
+    let count = |reason| rejected(&eu, &[("kind", "command"), ("reason", reason)]);
+    wait_until(
+        "eu drops each forgery for its reason",
+        Duration::from_secs(10),
+        || {
+            count("stale") >= 2
+                && count("unknown_sender") >= 1
+                && count("sender_mismatch") >= 1
+                && count("bad_mac") >= 1
+        },
+    );
+    assert!(
+        enc.wait_timeout(Duration::from_millis(500)).is_none(),
+        "kicked"
+    );
+    assert_eq!(
+        agree_on(&[&eu, &ap], S, "eu-1").as_deref(),
+        Some(feed.as_str())
+    );
+    // The control: fresh, signed by the live node it names.
+    a.publish("control", &sealed("ap-1", now_ms(), &kick("ap-1")));
+    assert!(
+        enc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "a correctly signed command was not obeyed"
+    );
+}
+
 /// A genuine command captured on the control channel (the disconnect that
 /// disabling a token sends) and published again after the token is
 /// enabled and its encoder is back: dropped as a replay; the feed stays.

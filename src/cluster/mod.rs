@@ -30,6 +30,7 @@ mod pubsub;
 pub mod registry;
 mod rejects;
 mod relay;
+mod resync;
 mod run;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,33 @@ use crate::metrics::Metrics;
 use crate::store::Db;
 pub use control::{Ack, Command, Gathered, NodeRef, Outcome};
 use registry::{FeedRecord, Keys, Lease};
+
+/// Every Redis command the cluster shell sends (lower case, as a Redis ACL
+/// names them): what an ACL user for a node must be allowed, with the
+/// key pattern `~P:*` and the channel pattern `&P:*` (`P` =
+/// `redis.key_prefix`). `hello` and `auth` log in (RESP3); add `select`
+/// when `redis.url` names a database other than 0. The client library also
+/// sends `client|setinfo` (Redis 7.2 and later) and ignores its refusal, so
+/// it may be left out.
+pub const REDIS_COMMANDS: &[&str] = &[
+    "hello",
+    "auth",
+    "ping",
+    "set",
+    "pexpire",
+    "sadd",
+    "srem",
+    "smembers",
+    "mget",
+    "del",
+    "hset",
+    "hdel",
+    "hgetall",
+    "publish",
+    "subscribe",
+    "multi",
+    "exec",
+];
 
 /// Timing and identity of the cluster shell, from the configuration.
 #[derive(Debug, Clone)]
@@ -460,5 +488,26 @@ impl Membership {
             feeds: metrics.feeds.get().max(0) as usize,
             players: metrics.players.get(),
         }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REDIS_COMMANDS;
+
+    /// The documented ACL grants exactly the commands the shell sends.
+    #[test]
+    fn the_documented_acl_lists_every_redis_command() {
+        let doc = include_str!("../../docs/security.md");
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with("ACL SETUSER primacy "))
+            .expect("an ACL SETUSER line in docs/security.md");
+        let granted: Vec<&str> = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix('+'))
+            .collect();
+        assert_eq!(granted, REDIS_COMMANDS, "{line}");
+        assert!(line.contains(" ~primacy:* &primacy:* "), "{line}");
     }
 }
