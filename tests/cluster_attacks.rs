@@ -553,6 +553,52 @@ fn tampered_lease_and_feed_record_are_rejected() {
     );
 }
 
+/// A node leaves gracefully; the attacker writes its last lease and feed
+/// records (captured a moment before, genuine and still young) back into
+/// Redis and the node set: the other node does not bring it back.
+#[test]
+fn a_departed_nodes_replayed_lease_does_not_bring_it_back() {
+    const S: &str = "hostile8";
+    let tc = TestCluster::new(&shared_redis_url());
+    let (eu, ap) = two_nodes(&tc);
+    let (_, secret) = tc.token(&eu, &[S], 100);
+    let _enc = media::publish(Fixture::A, &ap.rtmp(&format!("{S}?token={secret}")));
+    wait_until_some("both nodes elect ap's feed", || {
+        agree_on(&[&eu, &ap], S, "ap-1")
+    });
+    let mut a = Attacker::new(&tc);
+    let lease_key = a.key("node:ap-1");
+    let feeds_key = a.key("feeds:ap-1");
+    let lease: String = a.cmd(redis::cmd("GET").arg(&lease_key));
+    let records: std::collections::HashMap<String, String> =
+        a.cmd(redis::cmd("HGETALL").arg(&feeds_key));
+    assert!(!records.is_empty());
+    let captured = Instant::now();
+    ap.shutdown();
+    wait_until("eu sees ap leave", Duration::from_secs(10), || {
+        node_names(&eu) == vec!["eu-1".to_owned()]
+    });
+    // Written back while the captured lease is still within its TTL.
+    while captured.elapsed() < Duration::from_secs(7) {
+        let nodes = a.key("nodes");
+        let _: i64 = a.cmd(redis::cmd("SADD").arg(nodes).arg("ap-1"));
+        let _: () = a.cmd(
+            redis::cmd("SET")
+                .arg(&lease_key)
+                .arg(&lease)
+                .arg("PX")
+                .arg(5_000),
+        );
+        for (field, rec) in &records {
+            let _: i64 = a.cmd(redis::cmd("HSET").arg(&feeds_key).arg(field).arg(rec));
+        }
+        assert_eq!(node_names(&eu), vec!["eu-1".to_owned()], "ap came back");
+        assert!(feeds_of(&eu, S).is_empty(), "ap's feed came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(rejected(&eu, &[("kind", "lease"), ("reason", "replay")]) > 0);
+}
+
 /// A relay credential (made with the cluster secret) is good once: played
 /// a second time it is refused. One whose expiry lies far in the future is
 /// refused too.

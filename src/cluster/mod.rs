@@ -169,6 +169,10 @@ struct View {
     redis_up: bool,
     redis_since: DateTime<Utc>,
     peers: BTreeMap<String, Peer>,
+    /// Nodes that released their lease, with the signed time they did: a
+    /// lease or heartbeat of theirs signed before that is a replay (kept
+    /// until such a lease would be stale anyway).
+    left: BTreeMap<String, i64>,
 }
 
 /// A handle on the running cluster shell. Cheap to clone.
@@ -303,6 +307,7 @@ impl Cluster {
             redis_up: false,
             redis_since: Utc::now(),
             peers: BTreeMap::new(),
+            left: BTreeMap::new(),
         });
         let inner = Arc::new(Inner {
             runtime: tokio::runtime::Handle::current(),

@@ -181,24 +181,24 @@ async fn on_push(inner: &Arc<Inner>, guard: &mut ReplayGuard, push: redis::PushI
     let Some(opened) = open_message(inner, guard, kind, &channel, &payload) else {
         return;
     };
-    let drop = |reason: Reject| inner.reject(kind, reason, &channel, || opened.node.clone());
+    let refuse = |reason: Reject| inner.reject(kind, reason, &channel, || opened.node.clone());
     match kind {
         Kind::Event => match opened.parse::<Event>() {
-            Ok(event) if event_node(&event) != opened.node => drop(Reject::SenderMismatch),
+            Ok(event) if event_node(&event) != opened.node => refuse(Reject::SenderMismatch),
             Ok(event) => on_event(inner, event, opened.ts).await,
-            Err(reason) => drop(reason),
+            Err(reason) => refuse(reason),
         },
         Kind::Command => match opened.parse::<Request>() {
-            Ok(req) if req.from != opened.node => drop(Reject::SenderMismatch),
-            Ok(_) if !is_peer(inner, &opened.node) => drop(Reject::UnknownSender),
+            Ok(req) if req.from != opened.node => refuse(Reject::SenderMismatch),
+            Ok(_) if !is_peer(inner, &opened.node) => refuse(Reject::UnknownSender),
             Ok(req) => {
                 let inner = inner.clone();
                 tokio::spawn(async move { on_command(&inner, req).await });
             }
-            Err(reason) => drop(reason),
+            Err(reason) => refuse(reason),
         },
         Kind::Ack => match opened.parse::<Ack>() {
-            Ok(ack) if ack.node != opened.node => drop(Reject::SenderMismatch),
+            Ok(ack) if ack.node != opened.node => refuse(Reject::SenderMismatch),
             Ok(ack) => {
                 let tx = inner
                     .pending
@@ -210,7 +210,7 @@ async fn on_push(inner: &Arc<Inner>, guard: &mut ReplayGuard, push: redis::PushI
                     let _ = tx.try_send(ack);
                 }
             }
-            Err(reason) => drop(reason),
+            Err(reason) => refuse(reason),
         },
         Kind::Lease | Kind::Feed => {}
     }
@@ -258,8 +258,11 @@ async fn on_event(inner: &Arc<Inner>, event: Event, ts: i64) {
         Event::Heartbeat { lease } => {
             let mut new = false;
             inner.view.send_if_modified(|v| {
-                if v.peers.get(&lease.node).is_some_and(|p| p.ts > ts) {
-                    // Older than what this node has (reordered): keep that.
+                if v.peers.get(&lease.node).is_some_and(|p| p.ts > ts)
+                    || v.left.get(&lease.node).is_some_and(|left| *left >= ts)
+                {
+                    // Older than what this node has (reordered), or from
+                    // before the node left: keep what this node knows.
                     return false;
                 }
                 new = !v.peers.contains_key(&lease.node);
@@ -281,6 +284,8 @@ async fn on_event(inner: &Arc<Inner>, event: Event, ts: i64) {
             tracing::info!(node = %node, "node released its lease");
             inner.view.send_modify(|v| {
                 v.peers.remove(&node);
+                let left = v.left.entry(node.clone()).or_insert(ts);
+                *left = (*left).max(ts);
             });
             drop_node_feeds(inner, &node).await;
         }

@@ -165,17 +165,40 @@ pub(super) async fn full_resync(inner: &Arc<Inner>, local: &mut Local) {
         }
     };
     let now_ms = wall_ms();
+    let left = {
+        // Past this age a departed node's lease is stale anyway.
+        let keep = now_ms - (ttl.as_millis() as i64 + inner.skew_ms());
+        let mut left = BTreeMap::new();
+        inner.view.send_if_modified(|v| {
+            let before = v.left.len();
+            v.left.retain(|_, ts| *ts >= keep);
+            left = v.left.clone();
+            v.left.len() != before
+        });
+        left
+    };
     // Node → (lease, signed ts): the newer of Redis's and the heartbeat's.
     let mut live: BTreeMap<String, (Lease, i64)> = BTreeMap::new();
     let mut dead: Vec<&String> = Vec::new();
     for (n, text) in others.iter().zip(leases) {
-        let stored = text.and_then(|t| match inner.open_lease(n, &t, now_ms) {
-            Ok(l) => Some(l),
-            Err(reason) => {
+        let opened = text.map(|t| {
+            inner.open_lease(n, &t, now_ms).and_then(|(l, ts)| {
+                if left.get(n).is_some_and(|at| *at >= ts) {
+                    // Signed before the node left: written back by someone.
+                    Err(Reject::Replay)
+                } else {
+                    Ok((l, ts))
+                }
+            })
+        });
+        let stored = match opened {
+            None => None,
+            Some(Ok(l)) => Some(l),
+            Some(Err(reason)) => {
                 inner.reject(Kind::Lease, reason, &k.lease(n), || n.clone());
                 None
             }
-        });
+        };
         let best = match (stored, heard.get(n)) {
             (Some((_, ts)), Some(p)) if p.ts > ts => Some((p.lease.clone(), p.ts)),
             (Some(l), _) => Some(l),
