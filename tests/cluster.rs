@@ -625,6 +625,30 @@ fn nodes_join_over_tls_with_the_configured_ca() {
     wait_until("ap elects the eu feed", Duration::from_secs(20), || {
         agree_on(&[&eu, &ap], "tls1", "eu-1").is_some()
     });
+    // A CA file without a certificate (here: the server's key) is a
+    // configuration error at start, naming the key, not an empty trust
+    // store found out at the first connection.
+    let key_file = ca.with_file_name("server.key");
+    let redis_url = redis.url();
+    let (code, _, err) = common::run_primacy(
+        &["serve"],
+        &[
+            ("PRIMACY_DATABASE_URL", tc.db.url.as_str()),
+            ("PRIMACY_HS256_SECRET", common::HS256),
+            ("PRIMACY_HTTP_LISTEN", "127.0.0.1:0"),
+            ("PRIMACY_RTMP_LISTEN", "127.0.0.1:0"),
+            ("PRIMACY_SRT_LISTEN", "127.0.0.1:0"),
+            ("PRIMACY_REDIS_URL", redis_url.as_str()),
+            ("PRIMACY_CLUSTER_SECRET", common::cluster::CLUSTER_SECRET),
+            ("PRIMACY_REDIS__CA_FILE", &key_file.to_string_lossy()),
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("redis.ca_file") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
     // Web PKI roots only: the throwaway CA is not among them.
     let us = tc.node("us-1", "us");
     let start = Instant::now();

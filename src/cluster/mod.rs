@@ -226,6 +226,14 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    #[error("redis.ca_file: {path} holds no PEM certificate")]
+    CaEmpty { path: std::path::PathBuf },
+    #[error("redis.ca_file: {path} does not parse as PEM certificates")]
+    CaPem {
+        path: std::path::PathBuf,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 /// The Redis client for `url` (`redis://` or `rediss://`, user and password
@@ -293,14 +301,24 @@ impl Cluster {
         let secret =
             credential::ClusterSecret::new(raw).with_max_skew_ms(config.cluster.max_skew_ms);
         let signer = envelope::Signer::new(raw);
-        let ca_pem = match &config.redis.ca_file {
-            None => None,
-            Some(path) => Some(std::fs::read(path).map_err(|source| ClusterError::CaFile {
-                path: path.clone(),
-                source,
-            })?),
+        let client = match &config.redis.ca_file {
+            None => redis_client(url.expose(), None).map_err(ClusterError::Url)?,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| ClusterError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                // The client library takes a file without certificates as
+                // an empty trust store; say so now rather than at connect.
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(ClusterError::CaEmpty { path: path.clone() });
+                }
+                redis_client(url.expose(), Some(pem)).map_err(|source| ClusterError::CaPem {
+                    path: path.clone(),
+                    source,
+                })?
+            }
         };
-        let client = redis_client(url.expose(), ca_pem).map_err(ClusterError::Url)?;
         let con = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
             .map_err(ClusterError::Url)?;
         let (view, _) = watch::channel(View {
