@@ -599,6 +599,106 @@ fn a_departed_nodes_replayed_lease_does_not_bring_it_back() {
     assert!(rejected(&eu, &[("kind", "lease"), ("reason", "replay")]) > 0);
 }
 
+/// Resident memory of a process, in bytes (`/proc/PID/status`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// The attacker floods the events channel with 100,000 forged 1 KiB
+/// envelopes as fast as Redis takes them. The node under the flood (a
+/// `primacy serve` process) keeps its memory bounded (messages it cannot
+/// keep up with are dropped unread and counted), keeps its stream on air,
+/// and the cluster works afterwards.
+#[test]
+fn a_flood_on_the_cluster_channels_does_not_grow_memory_or_take_the_air_down() {
+    const S: &str = "hostile9";
+    const MESSAGES: usize = 100_000;
+    let tc = TestCluster::new(&shared_redis_url());
+    let eu = tc.child_node("eu-1", "eu");
+    let ap = tc.node("ap-1", "ap");
+    wait_until("two nodes know each other", Duration::from_secs(15), || {
+        node_names(&eu).len() == 2 && node_names(&ap).len() == 2
+    });
+    let (_, secret) = tc.token(&ap, &[S], 100);
+    let mut enc = media::publish(Fixture::A, &eu.rtmp(&format!("{S}?token={secret}")));
+    wait_until_some("both nodes elect the eu feed", || {
+        agree_on(&[&eu, &ap], S, "eu-1")
+    });
+    let pid = eu.pid().expect("a child node");
+    let before = rss_bytes(pid);
+    let mut a = Attacker::new(&tc);
+    let forged = json!({"v": 1, "kind": "event", "node": "ap-1", "ts": now_ms(),
+        "nonce": "00112233445566778899aabbccddeeff", "body": "x".repeat(900),
+        "mac": "00".repeat(32)})
+    .to_string();
+    let channel = a.key("events");
+    let flood_start = Instant::now();
+    let mut peak = before;
+    for _ in 0..MESSAGES / 1_000 {
+        let mut pipe = redis::pipe();
+        for _ in 0..1_000 {
+            pipe.cmd("PUBLISH").arg(&channel).arg(&forged).ignore();
+        }
+        let _: () = pipe.query(&mut a.con).expect("flood");
+        peak = peak.max(rss_bytes(pid));
+    }
+    let flooded_in = flood_start.elapsed();
+    // Until the node is through the flood: what it counts stops changing
+    // (Redis may also cut a subscriber that falls far behind; its messages
+    // are then lost in Redis, not queued in the node).
+    let counted = |n: &Node| {
+        rejected(n, &[("kind", "event"), ("reason", "bad_mac")])
+            + rejected(n, &[("kind", "pubsub"), ("reason", "overload")])
+    };
+    let mut last = (counted(&eu), Instant::now());
+    wait_until("eu went through the flood", Duration::from_secs(60), || {
+        peak = peak.max(rss_bytes(pid));
+        let now = counted(&eu);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        now > 0 && last.1.elapsed() > Duration::from_secs(2)
+    });
+    println!(
+        "flood of {MESSAGES} forged 1 KiB events in {flooded_in:?}: eu RSS {} MiB before, peak {} MiB; {} bad MAC, {} dropped unread",
+        before >> 20,
+        peak >> 20,
+        rejected(&eu, &[("kind", "event"), ("reason", "bad_mac")]),
+        rejected(&eu, &[("kind", "pubsub"), ("reason", "overload")]),
+    );
+    // The flood is ~100 MiB of messages; a bounded queue holds a few MiB.
+    assert!(
+        peak < before + (48 << 20),
+        "eu grew from {} to {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        enc.wait_timeout(Duration::from_millis(200)).is_none(),
+        "the encoder was dropped"
+    );
+    assert_eq!(eu.call("GET", "/api/ready", None, None).0, 200);
+    // The cluster still works: a kick through ap reaches eu.
+    let (feed, _) = ap.elected(S).expect("elected");
+    let (st, v) = ap.call(
+        "DELETE",
+        &format!("/api/v1/feeds/{feed}"),
+        Some(&tc.key),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        enc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "not kicked"
+    );
+}
+
 /// A relay credential (made with the cluster secret) is good once: played
 /// a second time it is refused. One whose expiry lies far in the future is
 /// refused too.

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::control::{Ack, Command, Outcome, Request};
 use super::envelope::{Freshness, Kind, Opened, Reject, ReplayGuard};
 use super::registry::{wall_ms, Event};
+use super::rejects::PushOverflow;
 use super::run::{drop_node_feeds, interval};
 use super::{manager_config, Inner, Peer};
 use crate::domain::{FeedId, SourceId, StreamName};
@@ -37,17 +38,31 @@ use crate::store::{self, audit::NewAudit};
 /// sent); while it is up, every [`PING_EVERY_UP`] ticks.
 const SUBSCRIBER_PING: Duration = Duration::from_millis(250);
 const PING_EVERY_UP: u64 = 4;
+/// Messages received and not yet handled, at most; beyond, new ones are
+/// dropped unread (and counted) so a flood on the channels cannot grow the
+/// node's memory. Each is handled in microseconds, so a genuine cluster
+/// never comes near.
+const PUSH_QUEUE: usize = 4_096;
 /// Most messages remembered for replay detection within the skew window
 /// (heartbeats, feed changes and commands of every node; far above what a
 /// cluster sends in a few seconds).
 const REPLAY_CAPACITY: usize = 1 << 18;
 
 pub(super) async fn pubsub_loop(inner: Arc<Inner>, cancel: CancellationToken) {
-    // The library's push sender is unbounded; messages are small and each
-    // is handled at once (commands in their own task).
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Bounded: the library hands over every message at once; what does not
+    // fit is dropped and counted (commands are handled in their own task).
+    let (tx, mut rx) = mpsc::channel(PUSH_QUEUE);
+    let overflow = PushOverflow::new(&inner.metrics.cluster_rejected);
+    let sender = move |info: redis::PushInfo| match tx.try_send(info) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            overflow.dropped();
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+    };
     let config = manager_config()
-        .set_push_sender(tx)
+        .set_push_sender(sender)
         .set_automatic_resubscription();
     let mut con = match ConnectionManager::new_lazy_with_config(inner.client.clone(), config) {
         Ok(c) => c,

@@ -23,8 +23,9 @@ const MAX_LOGGED: usize = 80;
 #[derive(Debug)]
 pub struct LogLimiter {
     every: Duration,
-    /// Last line written, and rejections not logged since.
-    last: HashMap<(Kind, Reject), (Instant, u64)>,
+    /// Last line written, and rejections not logged since, by (kind
+    /// label, reason).
+    last: HashMap<(&'static str, Reject), (Instant, u64)>,
 }
 
 impl LogLimiter {
@@ -38,7 +39,7 @@ impl LogLimiter {
     /// `Some(suppressed)` when a line may be written now (`suppressed`:
     /// how many were left out since the previous line); `None` when this
     /// one is to be left out.
-    pub fn allow(&mut self, key: (Kind, Reject), now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, key: (&'static str, Reject), now: Instant) -> Option<u64> {
         match self.last.get_mut(&key) {
             Some((at, suppressed)) if now.duration_since(*at) < self.every => {
                 *suppressed += 1;
@@ -95,12 +96,43 @@ impl Rejections {
             .log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .allow((kind, reason), Instant::now());
+            .allow((kind.as_str(), reason), Instant::now());
         if let Some(suppressed) = allowed {
             let claimed = claimed();
             tracing::warn!(kind = kind.as_str(), reason = reason.as_str(), at = ?capped(at),
                 claimed = ?capped(&claimed), suppressed,
                 "dropped cluster data read from redis: {reason}");
+        }
+    }
+}
+
+/// Counts (kind `pubsub`, reason `overload`) and logs, rate-limited,
+/// messages dropped unread because the subscriber's queue was full (a
+/// flood on the cluster's channels). Cheap: runs on the client library's
+/// reader for every message.
+pub(super) struct PushOverflow {
+    counter: prometheus::IntCounter,
+    log: Mutex<LogLimiter>,
+}
+
+impl PushOverflow {
+    pub fn new(counter: &IntCounterVec) -> Self {
+        Self {
+            counter: counter.with_label_values(&["pubsub", Reject::Overload.as_str()]),
+            log: Mutex::new(LogLimiter::new(LOG_EVERY)),
+        }
+    }
+
+    pub fn dropped(&self) {
+        self.counter.inc();
+        let allowed = self
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(("pubsub", Reject::Overload), Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(suppressed,
+                "cluster channel flooded: messages dropped unread (the next resync repairs missed events)");
         }
     }
 }
@@ -113,13 +145,13 @@ mod tests {
     fn one_line_per_interval_per_kind_and_reason() {
         let mut l = LogLimiter::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        let k = (Kind::Command, Reject::BadMac);
+        let k = (Kind::Command.as_str(), Reject::BadMac);
         assert_eq!(l.allow(k, t0), Some(0));
         for i in 1..=1000 {
             assert_eq!(l.allow(k, t0 + Duration::from_millis(i)), None);
         }
         // Another reason is logged on its own.
-        assert_eq!(l.allow((Kind::Command, Reject::Replay), t0), Some(0));
+        assert_eq!(l.allow(("command", Reject::Replay), t0), Some(0));
         // After the interval: one line, saying how many were left out.
         assert_eq!(l.allow(k, t0 + Duration::from_secs(10)), Some(1000));
         assert_eq!(l.allow(k, t0 + Duration::from_secs(11)), None);

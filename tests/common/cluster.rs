@@ -455,6 +455,11 @@ impl Node {
         Some((id, node))
     }
 
+    /// A child node's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(GatewayProcess::pid)
+    }
+
     /// Run a future on an in-process node's runtime.
     pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.rt.as_ref().expect("an in-process node").block_on(f)
