@@ -109,9 +109,14 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// Absent: a single-node region without cluster coordination.
+    /// `redis://` or `rediss://` (TLS); an ACL user and its password go in
+    /// the URL (`rediss://user:password@host:6380`).
     pub url: Option<Secret>,
     /// Prefix of every key and channel.
     pub key_prefix: String,
+    /// CA certificates (PEM) that verify a `rediss://` server, instead of
+    /// the built-in web PKI roots. Only with a `rediss://` URL.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -328,6 +333,10 @@ pub struct ClusterConfig {
     pub resync_ms: u64,
     /// How long a cross-node command waits for the other nodes' answers.
     pub ack_timeout_ms: u64,
+    /// Clock skew allowed between nodes: a signed cluster message older or
+    /// newer than this (by the receiver's clock) is dropped as stale, and
+    /// replays are remembered this long. Nodes need synchronized clocks.
+    pub max_skew_ms: u64,
     /// Also relay the second-best remote feed of a watched source, so a
     /// cross-node failover is as fast as a local one.
     pub prefetch_runner_up: bool,
@@ -345,6 +354,7 @@ impl Default for ClusterConfig {
             lease_renew_ms: 1_000,
             resync_ms: 2_000,
             ack_timeout_ms: 1_000,
+            max_skew_ms: 5_000,
             prefetch_runner_up: false,
         }
     }
@@ -462,6 +472,7 @@ impl Default for RedisConfig {
         Self {
             url: None,
             key_prefix: "primacy".into(),
+            ca_file: None,
         }
     }
 }
@@ -744,6 +755,22 @@ impl Config {
                 ));
             }
         }
+        if let Some(path) = &self.redis.ca_file {
+            let tls = self
+                .redis
+                .url
+                .as_ref()
+                .is_some_and(|u| u.expose().starts_with("rediss://"));
+            if !tls {
+                return Err(invalid("redis.ca_file", "only with a rediss:// redis.url"));
+            }
+            if !path.is_file() {
+                return Err(invalid(
+                    "redis.ca_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             return Err(invalid(
                 "redis.key_prefix",
@@ -1000,6 +1027,12 @@ impl Config {
                 "must be between 10 and 60000",
             ));
         }
+        if !(100..=60_000).contains(&c.max_skew_ms) {
+            return Err(invalid(
+                "cluster.max_skew_ms",
+                "must be between 100 and 60000",
+            ));
+        }
         Ok(())
     }
 
@@ -1212,6 +1245,57 @@ mod tests {
         let e = Config::load_from(Some(&path), env(&[])).unwrap_err();
         assert!(e.to_string().contains("failbak_hold_ms"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cluster_skew_and_redis_ca_file_are_validated() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.cluster.max_skew_ms, 5_000);
+        assert!(c.redis.ca_file.is_none());
+        for bad in ["99", "60001"] {
+            let e =
+                Config::load_from(None, env(&[("PRIMACY_CLUSTER__MAX_SKEW_MS", bad)])).unwrap_err();
+            assert!(e.to_string().contains("cluster.max_skew_ms"), "{e}");
+        }
+        let manifest = env!("CARGO_MANIFEST_DIR");
+        let ca = format!("{manifest}/Cargo.toml");
+        // A CA file needs a rediss:// URL, and must exist.
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("PRIMACY_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("PRIMACY_REDIS__CA_FILE", &ca),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("redis.ca_file"), "{e}");
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("PRIMACY_REDIS_URL", "rediss://127.0.0.1:6380"),
+                (
+                    "PRIMACY_REDIS__CA_FILE",
+                    &format!("{manifest}/no-such-file.pem"),
+                ),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("redis.ca_file"), "{e}");
+        let c = Config::load_from(
+            None,
+            env(&[
+                (
+                    "PRIMACY_REDIS_URL",
+                    "rediss://primacy:hunter2hunter2@127.0.0.1:6380",
+                ),
+                ("PRIMACY_REDIS__CA_FILE", &ca),
+            ]),
+        )
+        .unwrap();
+        assert!(c.redis.ca_file.is_some());
+        // The ACL user's password never shows.
+        assert!(!c.redacted_toml().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -317,11 +317,10 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             Duration::from_millis(config.log.interval_ms),
         )),
         buffered: ingest::BufferBudget::new(config.rtmp.max_buffered_bytes),
-        cluster_secret: config
-            .cluster
-            .secret
-            .as_ref()
-            .map(|s| cluster::credential::ClusterSecret::new(s.expose().as_bytes())),
+        cluster_secret: config.cluster.secret.as_ref().map(|s| {
+            cluster::credential::ClusterSecret::new(s.expose().as_bytes())
+                .with_max_skew_ms(config.cluster.max_skew_ms)
+        }),
     });
     tokio::spawn(ctx.clone().housekeeping(stop.clone()));
     let rtmp_addr = bind_rtmp(&config, &ctx, &stop, &sessions).await?;
@@ -348,6 +347,7 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             admission: admission.clone(),
             readiness: readiness.clone(),
             metrics: metrics.clone(),
+            db: db.clone(),
         },
     )?;
     match &cluster {

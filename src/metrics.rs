@@ -36,6 +36,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub srt_garbage_packets: IntCounter,
     pub listener_restarts: IntCounterVec,
+    pub cluster_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -205,12 +206,21 @@ impl Metrics {
             &["listener"],
         )
         .expect("metric");
+        let cluster_rejected = IntCounterVec::new(
+            Opts::new(
+                "cluster_rejected_total",
+                "Leases, feed records, events, commands and acks read from Redis and dropped, by kind and reason",
+            ),
+            &["kind", "reason"],
+        )
+        .expect("metric");
         for m in [
             Box::new(feeds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(admission_throttled.clone()),
             Box::new(connections_refused.clone()),
             Box::new(srt_garbage_packets.clone()),
             Box::new(listener_restarts.clone()),
+            Box::new(cluster_rejected.clone()),
             Box::new(cluster_redis_up.clone()),
             Box::new(cluster_nodes.clone()),
             Box::new(cluster_remote_feeds.clone()),
@@ -267,6 +277,7 @@ impl Metrics {
             connections_refused,
             srt_garbage_packets,
             listener_restarts,
+            cluster_rejected,
         }
     }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{agree_on, shared_redis_url, wait_until, PrivateRedis, TestCluster};
+use common::cluster::{agree_on, shared_redis_url, wait_until, AclUser, PrivateRedis, TestCluster};
 use common::media::{self, Fixture, Player};
 use serde_json::json;
 
@@ -117,6 +117,15 @@ fn global_election_failover_failback_and_cross_node_reprioritize() {
     );
     assert_eq!(v["unanswered"], json!([]), "{v}");
     println!("reprioritize answered in {answered:?}");
+    // eu, which applied it to its feed, audited it as ap's command.
+    let row = wait_for_row(&ap, &tc.key, "token.reprioritize", "cluster:ap-1");
+    assert_eq!(row["target"], format!("token:{eu_token}"), "{row}");
+    assert_eq!(row["after"]["node"], "eu-1", "{row}");
+    assert_eq!(
+        row["after"]["affected"],
+        json!([affected[0]["feed_id"]]),
+        "{row}"
+    );
     // The eu encoder is disconnected (ffmpeg exits) and every node is on us.
     assert!(
         eu_enc.wait_timeout(Duration::from_secs(10)).is_some(),
@@ -176,6 +185,26 @@ fn cross_node_kick_with_ban() {
         enc.wait_timeout(Duration::from_secs(10)).is_some(),
         "not disconnected"
     );
+    // Audited where it was asked for (the operator's key, before the kick)
+    // and where it was carried out (the asking node, naming the operator).
+    let operator = audit_rows(&ap, &tc.key, "feed.kick")
+        .into_iter()
+        .find(|r| {
+            r["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("api-key:"))
+        })
+        .expect("the operator's kick row");
+    assert_eq!(operator["target"], format!("feed:{feed}"), "{operator}");
+    assert_eq!(operator["after"]["node"], "eu-1", "{operator}");
+    let remote = wait_for_row(&ap, &tc.key, "feed.kick", "cluster:ap-1");
+    assert_eq!(remote["target"], format!("feed:{feed}"), "{remote}");
+    assert_eq!(remote["after"]["operator"], operator["actor"], "{remote}");
+    assert_eq!(remote["after"]["node"], "eu-1", "{remote}");
+    assert_eq!(remote["before"]["feed_id"], feed.as_str(), "{remote}");
+    // The ban, applied on eu from ap's command, is audited there too.
+    let ban = wait_for_row(&ap, &tc.key, "source.ban", "cluster:ap-1");
+    assert_eq!(ban["target"], "source:kick1/", "{ban}");
     // Banned on its node and on the others.
     for n in [&eu, &ap] {
         let (code, err) = media::publish_expect_refusal(
@@ -457,6 +486,16 @@ fn director_orders_regions_and_lists_only_live_nodes() {
     assert_eq!(v["answered"], true, "{v}");
     assert_eq!(v["region"], "eu", "{v}");
     assert_eq!(eu2.call("GET", "/api/ready", None, None).0, 503);
+    // eu-2 audited the drain it applied, naming ap and the operator.
+    let row = wait_for_row(&ap, &tc.key, "node.drain", "cluster:ap-1");
+    assert_eq!(row["target"], "node:eu-2", "{row}");
+    assert_eq!(row["after"]["node"], "eu-2", "{row}");
+    assert!(
+        row["after"]["operator"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("api-key:")),
+        "{row}"
+    );
     let (st, _) = ap.call(
         "POST",
         "/api/v1/cluster/nodes/ap-1/drain",
@@ -492,6 +531,173 @@ fn director_orders_regions_and_lists_only_live_nodes() {
         },
     );
     let _ = eu;
+}
+
+/// Two nodes run on the shared Redis as an ACL user that may only touch
+/// the test's key prefix and channels and run the commands the gateway
+/// uses (`primacy::cluster::REDIS_COMMANDS`): they find each other, elect
+/// across nodes and carry a kick to the node that has the feed. The user
+/// really is limited: outside its prefix it is refused.
+#[test]
+fn a_redis_acl_user_limited_to_the_prefix_runs_a_cluster() {
+    let mut tc = TestCluster::new(&shared_redis_url());
+    let acl = AclUser::create(&shared_redis_url(), &tc.prefix);
+    tc.redis_url = acl.url();
+    let eu = tc.node("eu-1", "eu");
+    let ap = tc.node("ap-1", "ap");
+    wait_until("two nodes know each other", Duration::from_secs(15), || {
+        [&eu, &ap].iter().all(|n| {
+            n.get("/api/v1/cluster/nodes")["nodes"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 2
+        })
+    });
+    let (_, secret) = tc.token(&ap, &["acl1"], 100);
+    let mut enc = media::publish(Fixture::A, &eu.rtmp(&format!("acl1?token={secret}")));
+    wait_until("ap elects the eu feed", Duration::from_secs(20), || {
+        agree_on(&[&eu, &ap], "acl1", "eu-1").is_some()
+    });
+    let (feed, _) = ap.elected("acl1").unwrap();
+    let (st, v) = ap.call(
+        "DELETE",
+        &format!("/api/v1/feeds/{feed}"),
+        Some(&tc.key),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        enc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "the kick did not reach eu"
+    );
+    for n in [&eu, &ap] {
+        assert_eq!(
+            n.call("GET", "/api/health", None, None).1["redis"]["status"],
+            "ok"
+        );
+    }
+    let mut con = common::cluster::redis_connection(&acl.url());
+    let outside: redis::RedisResult<()> =
+        redis::cmd("SET").arg("elsewhere").arg("x").query(&mut con);
+    assert!(outside.is_err(), "the ACL user wrote outside its prefix");
+    let other_channel: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+        .arg("elsewhere")
+        .arg("x")
+        .query(&mut con);
+    assert!(
+        other_channel.is_err(),
+        "the ACL user published outside its prefix"
+    );
+    let flush: redis::RedisResult<()> = redis::cmd("FLUSHALL").query(&mut con);
+    assert!(flush.is_err(), "the ACL user may flush");
+    let inside: redis::RedisResult<Vec<String>> = redis::cmd("SMEMBERS")
+        .arg(format!("{}:nodes", tc.prefix))
+        .query(&mut con);
+    assert_eq!(inside.map(|v| v.len()).ok(), Some(2));
+}
+
+/// Nodes reach a TLS-only redis-server (its own, started here with a
+/// throwaway CA) with `rediss://` and `redis.ca_file`; a node without the
+/// CA does not trust the server and stays out of the cluster.
+#[test]
+fn nodes_join_over_tls_with_the_configured_ca() {
+    let redis = PrivateRedis::start_tls();
+    let tc = TestCluster::new(&redis.url());
+    assert!(tc.redis_url.starts_with("rediss://"));
+    let ca = redis.ca_file();
+    let with_ca = |c: &mut primacy::config::Config| c.redis.ca_file = Some(ca.clone());
+    let eu = tc.node_with("eu-1", "eu", with_ca);
+    let ap = tc.node_with("ap-1", "ap", with_ca);
+    let t = wait_until("two nodes meet over TLS", Duration::from_secs(15), || {
+        [&eu, &ap].iter().all(|n| {
+            n.call("GET", "/api/health", None, None).1["redis"]["status"] == "ok"
+                && n.get("/api/v1/cluster/nodes")["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 2
+        })
+    });
+    println!("two nodes met over TLS after {t:?}");
+    let (_, secret) = tc.token(&ap, &["tls1"], 100);
+    let _enc = media::publish(Fixture::A, &eu.rtmp(&format!("tls1?token={secret}")));
+    wait_until("ap elects the eu feed", Duration::from_secs(20), || {
+        agree_on(&[&eu, &ap], "tls1", "eu-1").is_some()
+    });
+    // A CA file without a certificate (here: the server's key) is a
+    // configuration error at start, naming the key, not an empty trust
+    // store found out at the first connection.
+    let key_file = ca.with_file_name("server.key");
+    let redis_url = redis.url();
+    let (code, _, err) = common::run_primacy(
+        &["serve"],
+        &[
+            ("PRIMACY_DATABASE_URL", tc.db.url.as_str()),
+            ("PRIMACY_HS256_SECRET", common::HS256),
+            ("PRIMACY_HTTP_LISTEN", "127.0.0.1:0"),
+            ("PRIMACY_RTMP_LISTEN", "127.0.0.1:0"),
+            ("PRIMACY_SRT_LISTEN", "127.0.0.1:0"),
+            ("PRIMACY_REDIS_URL", redis_url.as_str()),
+            ("PRIMACY_CLUSTER_SECRET", common::cluster::CLUSTER_SECRET),
+            ("PRIMACY_REDIS__CA_FILE", &key_file.to_string_lossy()),
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("redis.ca_file") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    // Web PKI roots only: the throwaway CA is not among them.
+    let us = tc.node("us-1", "us");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let (_, h) = us.call("GET", "/api/health", None, None);
+        assert_eq!(h["redis"]["status"], "unavailable", "{h}");
+        assert_eq!(
+            ap.get("/api/v1/cluster/nodes")["nodes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Audit rows with `action`, newest first.
+fn audit_rows(via: &common::cluster::Node, key: &str, action: &str) -> Vec<serde_json::Value> {
+    let (st, v) = via.call(
+        "GET",
+        &format!("/api/v1/audit?action={action}"),
+        Some(key),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Wait for an audit row with `action` by `actor` (rows of commands applied
+/// from the cluster are written just after the answer).
+fn wait_for_row(
+    via: &common::cluster::Node,
+    key: &str,
+    action: &str,
+    actor: &str,
+) -> serde_json::Value {
+    let mut row = None;
+    wait_until(
+        &format!("an audit row {action} by {actor}"),
+        Duration::from_secs(10),
+        || {
+            row = audit_rows(via, key, action)
+                .into_iter()
+                .find(|r| r["actor"] == actor);
+            row.is_some()
+        },
+    );
+    row.expect("checked")
 }
 
 /// Keyframe spacing (s) of what a player received after packet `from`.
@@ -800,5 +1006,33 @@ fn bench_redis_commands_at_rest() {
         .collect();
     by_cmd.sort_by_key(|c| std::cmp::Reverse(c.1));
     println!("redis commands at rest, 3 nodes, 1000 feeds on one: {per_node:.1} per node per second over {secs} s; by command: {by_cmd:?}");
+    // What the signatures cost in size: each stored item as written (a
+    // signed envelope) against its body alone (what used to be written).
+    let mut con = common::cluster::redis_connection(&redis.url());
+    let lease: String = redis::cmd("GET")
+        .arg(format!("{}:node:eu-1", tc.prefix))
+        .query(&mut con)
+        .unwrap();
+    let records: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{}:feeds:eu-1", tc.prefix))
+        .query(&mut con)
+        .unwrap();
+    let body_len = |envelope: &str| {
+        serde_json::from_str::<serde_json::Value>(envelope).unwrap()["body"]
+            .as_str()
+            .unwrap()
+            .len()
+    };
+    let (sealed, bodies) = records
+        .values()
+        .fold((0, 0), |(a, b), r| (a + r.len(), b + body_len(r)));
+    println!(
+        "stored sizes: lease {} bytes signed ({} body); feed record {} bytes signed ({} body), mean of {}",
+        lease.len(),
+        body_len(&lease),
+        sealed / records.len(),
+        bodies / records.len(),
+        records.len()
+    );
     drop(handles);
 }

@@ -271,7 +271,10 @@ pub async fn drain_node(
         })
         .await?;
     let g = cluster
-        .broadcast(crate::cluster::Command::Drain { node: node.clone() })
+        .broadcast_as(
+            Some(auth.actor()),
+            crate::cluster::Command::Drain { node: node.clone() },
+        )
         .await;
     let answered = g.acks.iter().any(|a| a.node == node);
     tracing::info!(node = %node, answered, caller = %auth.actor(), "drain of another node requested");

@@ -172,7 +172,22 @@ pub struct KickQuery {
     pub ban_seconds: Option<u32>,
 }
 
+/// The feed with id `id` among the streams of this node's election (its
+/// own feeds and the other nodes' it knows).
+fn find_feed(streams: Vec<StreamView>, id: Uuid) -> Option<FeedView> {
+    streams
+        .into_iter()
+        .flat_map(|s| s.sources)
+        .flat_map(|s| s.feeds)
+        .find(|f| f.feed_id == id)
+}
+
 /// Disconnect one feed now, optionally banning its token from the source.
+///
+/// The decision is audited before it is carried out: the audit record is
+/// written (in its own transaction) first, and when it cannot be written
+/// nothing is kicked and the answer is an error. A feed that leaves in
+/// between is answered 404; its record stays, as the decision was taken.
 #[utoipa::path(delete, path = "/api/v1/feeds/{id}", tag = "streams",
     params(("id" = Uuid, Path, description = "Feed id"), KickQuery),
     responses(
@@ -182,7 +197,8 @@ pub struct KickQuery {
         (status = 403, description = "Key lacks the write scope", body = ErrorBody),
         (status = 404, description = "No such live feed on any node", body = ErrorBody),
         (status = 422, description = "ban_seconds out of range", body = ErrorBody),
-        (status = 503, description = "Shutting down or database unavailable", body = ErrorBody),
+        (status = 500, description = "The audit record could not be written; nothing was kicked", body = ErrorBody),
+        (status = 503, description = "Shutting down or database unavailable; nothing was kicked", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn kick(
@@ -199,6 +215,36 @@ pub async fn kick(
     }
     let id = id.into_inner();
     let ban_for = Duration::from_secs(u64::from(ban));
+    // What is to be kicked, as this node's election knows it.
+    let streams = state.engine.snapshot().await.map_err(engine_gone)?;
+    let Some(known) = find_feed(streams, id) else {
+        return Err(ApiError::not_found("live feed"));
+    };
+    // The decision, on record before anything is done.
+    let actor = auth.actor();
+    let after = serde_json::json!({"ban_seconds": ban, "token_id": known.token_id,
+        "stream": known.stream, "source_id": known.source_id, "node": known.node});
+    let before = serde_json::to_value(&known).ok();
+    let audit_actor = actor.clone();
+    state
+        .db
+        .run(move |c| {
+            use diesel::Connection;
+            c.transaction(|c| {
+                store::audit::record(
+                    c,
+                    NewAudit {
+                        actor: &audit_actor,
+                        action: "feed.kick",
+                        target: &format!("feed:{id}"),
+                        before,
+                        after: Some(after),
+                    },
+                )
+            })
+        })
+        .await?;
+    // Carried out here, or by whichever node has it.
     let local = state
         .engine
         .kick(FeedId(id), ban_for)
@@ -207,13 +253,14 @@ pub async fn kick(
     let view = match (local, state.cluster()) {
         (Some(v), cluster) => {
             if let (Some(c), Some(cmd)) = (cluster, ban_command(&v, ban).filter(|_| ban > 0)) {
-                c.send(cmd);
+                c.send_as(Some(actor), cmd);
             }
             v
         }
         (None, Some(c)) => {
-            // Not here: whichever node has it kicks it.
-            let g = c.broadcast(Command::Kick { feed: FeedId(id) }).await;
+            let g = c
+                .broadcast_as(Some(actor.clone()), Command::Kick { feed: FeedId(id) })
+                .await;
             let found = g
                 .acks
                 .into_iter()
@@ -226,7 +273,7 @@ pub async fn kick(
                             let _ = state.engine.ban(TokenId(v.token_id), key, ban_for).await;
                         }
                         if let Some(cmd) = ban_command(&v, ban) {
-                            c.send(cmd);
+                            c.send_as(Some(actor), cmd);
                         }
                     }
                     v
@@ -247,24 +294,6 @@ pub async fn kick(
         }
         (None, None) => return Err(ApiError::not_found("live feed")),
     };
-    let actor = auth.actor();
-    let after = serde_json::json!({"ban_seconds": ban, "token_id": view.token_id, "stream": view.stream, "source_id": view.source_id});
-    let before = serde_json::to_value(&view).ok();
-    state
-        .db
-        .run(move |c| {
-            store::audit::record(
-                c,
-                NewAudit {
-                    actor: &actor,
-                    action: "feed.kick",
-                    target: &format!("feed:{id}"),
-                    before,
-                    after: Some(after),
-                },
-            )
-        })
-        .await?;
-    tracing::info!(feed = %id, ban_seconds = ban, "feed kicked");
+    tracing::info!(feed = %id, node = %view.node, ban_seconds = ban, "feed kicked");
     Ok(web::Json(view))
 }

@@ -32,7 +32,7 @@ use crate::store::{self, StoreError};
 /// node never needs Redis to act on its own feeds), then on every other
 /// node, waiting for their answers a bounded time. A node that does not
 /// answer converges through its periodic re-check.
-async fn apply_change(state: &AppState, id: Uuid) {
+async fn apply_change(state: &AppState, actor: &str, id: Uuid) {
     let token = TokenId(id);
     match crate::live_tokens::recheck(&state.admission, &state.engine, token).await {
         Ok(_) => {}
@@ -42,7 +42,9 @@ async fn apply_change(state: &AppState, id: Uuid) {
         }
     }
     if let Some(c) = state.cluster() {
-        let g = c.broadcast(Command::TokenChanged { token }).await;
+        let g = c
+            .broadcast_as(Some(actor.to_owned()), Command::TokenChanged { token })
+            .await;
         let remote: usize = g.acks.iter().map(|a| a.outcome.affected.len()).sum();
         if remote > 0 {
             tracing::info!(token_id = %id, feeds = remote, "other nodes disconnected feeds the token no longer allows");
@@ -389,7 +391,7 @@ pub async fn update(
         apply_patch(row, &patch, Utc::now())
     })
     .await?;
-    apply_change(&state, id).await;
+    apply_change(&state, &auth.actor(), id).await;
     Ok(web::Json(Token::from_row(&row)))
 }
 
@@ -490,7 +492,7 @@ pub async fn refresh(
     )
     .await?;
     // The old secret's live feeds go now, here and on every node.
-    apply_change(&state, row.id).await;
+    apply_change(&state, &auth.actor(), row.id).await;
     let secret = sign(&state, &row)?;
     Ok(web::Json(TokenWithSecret {
         token: Token::from_row(&row),
@@ -547,11 +549,14 @@ pub async fn reprioritize(
     let mut unanswered = Vec::new();
     if let Some(c) = state.cluster() {
         let g = c
-            .broadcast(Command::Reprioritize {
-                token: TokenId(id),
-                priority: row.priority,
-                disconnect: body.disconnect,
-            })
+            .broadcast_as(
+                Some(auth.actor()),
+                Command::Reprioritize {
+                    token: TokenId(id),
+                    priority: row.priority,
+                    disconnect: body.disconnect,
+                },
+            )
             .await;
         for ack in g.acks {
             report.affected.extend(ack.outcome.affected);
@@ -616,7 +621,7 @@ pub async fn delete(
         .await
         .map_err(|e| ApiError::from_store(e, "token"))?;
     state.admission.invalidate(TokenId(id));
-    apply_change(&state, id).await;
+    apply_change(&state, &auth.actor(), id).await;
     tracing::info!(token_id = %id, "publish token deleted");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -3,7 +3,9 @@
 //! Every command is applied by the node that receives the API call first
 //! (so a node never needs Redis to act on its own feeds), then sent to the
 //! others; each answers on the sender's ack channel. The sender waits a
-//! bounded time and reports who did not answer.
+//! bounded time and reports who did not answer. Requests and acks travel
+//! in signed envelopes; a node that applies a command writes an audit row
+//! naming the sending node (and the operator, when the request carries it).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -39,11 +41,35 @@ pub enum Command {
     Drain { node: String },
 }
 
-/// A command on the wire.
+impl Command {
+    /// The audit action and target of a command applied on this node.
+    pub fn audit_action(&self) -> (&'static str, String) {
+        match self {
+            Command::DisconnectToken { token, .. } => {
+                ("token.disconnect", format!("token:{token}"))
+            }
+            Command::TokenChanged { token } => ("token.changed", format!("token:{token}")),
+            Command::Reprioritize { token, .. } => ("token.reprioritize", format!("token:{token}")),
+            Command::Kick { feed } => ("feed.kick", format!("feed:{feed}")),
+            Command::Ban {
+                stream, source_id, ..
+            } => ("source.ban", format!("source:{stream}/{source_id}")),
+            Command::Drain { node } => ("node.drain", format!("node:{node}")),
+        }
+    }
+}
+
+/// A command as it travels (the body of a signed envelope on the control
+/// channel).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope {
+pub struct Request {
     pub id: Uuid,
+    /// The sending node (must be the envelope's signer).
     pub from: String,
+    /// The operator who asked for it on the sending node (its audit actor),
+    /// when there is one.
+    #[serde(default)]
+    pub actor: Option<String>,
     pub command: Command,
 }
 

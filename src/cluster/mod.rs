@@ -17,11 +17,20 @@
 //!   Redis is reachable) is gone: its feeds leave the election here.
 //! - Pub/sub loses what is published while Redis is down; the periodic
 //!   full resync (`cluster.resync_ms`) repairs any missed event.
+//! - Redis is not trusted: every lease, feed record, event, command and ack
+//!   is a signed envelope ([`envelope`]) checked before use (MAC, signer,
+//!   age, replay); what fails is dropped and counted ([`rejects`]). A node
+//!   is a member while its signed lease or heartbeat is fresh; `P:nodes` is
+//!   only a hint. Commands applied here are audited here.
 
 pub mod control;
 pub mod credential;
+pub mod envelope;
+mod pubsub;
 pub mod registry;
+mod rejects;
 mod relay;
+mod resync;
 mod run;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,8 +52,36 @@ use crate::auth::publish::Admission;
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
+use crate::store::Db;
 pub use control::{Ack, Command, Gathered, NodeRef, Outcome};
 use registry::{FeedRecord, Keys, Lease};
+
+/// Every Redis command the cluster shell sends (lower case, as a Redis ACL
+/// names them): what an ACL user for a node must be allowed, with the
+/// key pattern `~P:*` and the channel pattern `&P:*` (`P` =
+/// `redis.key_prefix`). `hello` and `auth` log in (RESP3); add `select`
+/// when `redis.url` names a database other than 0. The client library also
+/// sends `client|setinfo` (Redis 7.2 and later) and ignores its refusal, so
+/// it may be left out.
+pub const REDIS_COMMANDS: &[&str] = &[
+    "hello",
+    "auth",
+    "ping",
+    "set",
+    "pexpire",
+    "sadd",
+    "srem",
+    "smembers",
+    "mget",
+    "del",
+    "hset",
+    "hdel",
+    "hgetall",
+    "publish",
+    "subscribe",
+    "multi",
+    "exec",
+];
 
 /// Timing and identity of the cluster shell, from the configuration.
 #[derive(Debug, Clone)]
@@ -58,6 +95,8 @@ pub struct Settings {
     pub lease_renew: Duration,
     pub resync: Duration,
     pub ack_timeout: Duration,
+    /// Clock skew allowed between nodes (`cluster.max_skew_ms`).
+    pub max_skew: Duration,
     pub prefetch_runner_up: bool,
     pub preferred_region: Option<String>,
     /// `srt.udp_buffer_bytes`, for the relays' SRT client sockets.
@@ -78,6 +117,7 @@ impl Settings {
             lease_renew: Duration::from_millis(k.lease_renew_ms),
             resync: Duration::from_millis(k.resync_ms),
             ack_timeout: Duration::from_millis(k.ack_timeout_ms),
+            max_skew: Duration::from_millis(k.max_skew_ms),
             prefetch_runner_up: k.prefetch_runner_up,
             preferred_region: k.preferred_region.clone(),
             srt_udp_buffer_bytes: c.srt.udp_buffer_bytes,
@@ -118,6 +158,8 @@ pub struct RedisState {
 #[derive(Debug, Clone)]
 struct Peer {
     lease: Lease,
+    /// The signed timestamp of that lease (or of the heartbeat carrying it).
+    ts: i64,
     seen: Instant,
 }
 
@@ -127,6 +169,10 @@ struct View {
     redis_up: bool,
     redis_since: DateTime<Utc>,
     peers: BTreeMap<String, Peer>,
+    /// Nodes that released their lease, with the signed time they did: a
+    /// lease or heartbeat of theirs signed before that is a replay (kept
+    /// until such a lease would be stale anyway).
+    left: BTreeMap<String, i64>,
 }
 
 /// A handle on the running cluster shell. Cheap to clone.
@@ -148,7 +194,11 @@ struct Inner {
     admission: Arc<Admission>,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
+    db: Db,
     secret: credential::ClusterSecret,
+    /// Seals and opens every envelope this node writes or reads.
+    signer: envelope::Signer,
+    rejects: rejects::Rejections,
     view: watch::Sender<View>,
     /// Remote feeds by id (the registry as last read or heard).
     remote: Mutex<HashMap<Uuid, FeedRecord>>,
@@ -167,12 +217,29 @@ struct Inner {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("redis.url: {0}")]
-    Url(redis::RedisError),
+    Url(#[source] redis::RedisError),
     #[error("cluster.secret is required when redis.url is set")]
     NoSecret,
+    #[error("redis.ca_file: cannot read {path}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redis.ca_file: {path} holds no PEM certificate")]
+    CaEmpty { path: std::path::PathBuf },
+    #[error("redis.ca_file: {path} does not parse as PEM certificates")]
+    CaPem {
+        path: std::path::PathBuf,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
-fn redis_client(url: &str) -> Result<redis::Client, redis::RedisError> {
+/// The Redis client for `url` (`redis://` or `rediss://`, user and password
+/// in the URL for an ACL user); `ca_pem`: the CA certificates (PEM) that
+/// verify a `rediss://` server instead of the built-in web PKI roots.
+fn redis_client(url: &str, ca_pem: Option<Vec<u8>>) -> Result<redis::Client, redis::RedisError> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
     // RESP3 so one ConnectionManager can subscribe and resubscribe itself.
@@ -180,7 +247,17 @@ fn redis_client(url: &str) -> Result<redis::Client, redis::RedisError> {
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
+    let info = info.set_redis_settings(settings);
+    match ca_pem {
+        None => redis::Client::open(info),
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+    }
 }
 
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
@@ -198,6 +275,8 @@ pub struct Parts {
     pub admission: Arc<Admission>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Where commands applied here are audited.
+    pub db: Db,
 }
 
 impl Cluster {
@@ -212,19 +291,41 @@ impl Cluster {
         let Some(url) = &config.redis.url else {
             return Ok(None);
         };
-        let secret = config
+        let raw = config
             .cluster
             .secret
             .as_ref()
-            .map(|s| credential::ClusterSecret::new(s.expose().as_bytes()))
-            .ok_or(ClusterError::NoSecret)?;
-        let client = redis_client(url.expose()).map_err(ClusterError::Url)?;
+            .ok_or(ClusterError::NoSecret)?
+            .expose()
+            .as_bytes();
+        let secret =
+            credential::ClusterSecret::new(raw).with_max_skew_ms(config.cluster.max_skew_ms);
+        let signer = envelope::Signer::new(raw);
+        let client = match &config.redis.ca_file {
+            None => redis_client(url.expose(), None).map_err(ClusterError::Url)?,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| ClusterError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                // The client library takes a file without certificates as
+                // an empty trust store; say so now rather than at connect.
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(ClusterError::CaEmpty { path: path.clone() });
+                }
+                redis_client(url.expose(), Some(pem)).map_err(|source| ClusterError::CaPem {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        };
         let con = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
             .map_err(ClusterError::Url)?;
         let (view, _) = watch::channel(View {
             redis_up: false,
             redis_since: Utc::now(),
             peers: BTreeMap::new(),
+            left: BTreeMap::new(),
         });
         let inner = Arc::new(Inner {
             runtime: tokio::runtime::Handle::current(),
@@ -236,8 +337,11 @@ impl Cluster {
             engine: parts.engine,
             admission: parts.admission,
             readiness: parts.readiness,
+            rejects: rejects::Rejections::new(parts.metrics.cluster_rejected.clone()),
             metrics: parts.metrics,
+            db: parts.db,
             secret,
+            signer,
             view,
             remote: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -249,7 +353,7 @@ impl Cluster {
         tracing::info!(node = %inner.settings.node, region = %inner.settings.region,
             prefix = %config.redis.key_prefix, "joining the cluster");
         tokio::spawn(run::main_loop(inner.clone(), inner.stop.clone()));
-        tokio::spawn(run::pubsub_loop(inner.clone(), inner.stop.clone()));
+        tokio::spawn(pubsub::pubsub_loop(inner.clone(), inner.stop.clone()));
         tokio::spawn(relay::relay_loop(inner.clone(), inner.stop.clone()));
         Ok(Some(Self { inner }))
     }
@@ -347,10 +451,16 @@ impl Cluster {
     /// Send a command to every other node and gather their answers within
     /// `cluster.ack_timeout_ms`. The caller has already applied it locally.
     pub async fn broadcast(&self, command: Command) -> Gathered {
+        self.broadcast_as(None, command).await
+    }
+
+    /// [`Cluster::broadcast`] on behalf of an operator (`actor`, as in the
+    /// audit log): the nodes that apply it name them in their audit rows.
+    pub async fn broadcast_as(&self, actor: Option<String>, command: Command) -> Gathered {
         let inner = self.inner.clone();
         self.inner
             .runtime
-            .spawn(async move { run::broadcast(&inner, command).await })
+            .spawn(async move { run::broadcast(&inner, actor, command).await })
             .await
             .unwrap_or_default()
     }
@@ -358,9 +468,14 @@ impl Cluster {
     /// Send a command without waiting for answers (logged when some node
     /// does not answer in time).
     pub fn send(&self, command: Command) {
+        self.send_as(None, command);
+    }
+
+    /// [`Cluster::send`] on behalf of an operator.
+    pub fn send_as(&self, actor: Option<String>, command: Command) {
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            run::broadcast(&inner, command).await;
+            run::broadcast(&inner, actor, command).await;
         });
     }
 }
@@ -396,5 +511,26 @@ impl Membership {
             feeds: metrics.feeds.get().max(0) as usize,
             players: metrics.players.get(),
         }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REDIS_COMMANDS;
+
+    /// The documented ACL grants exactly the commands the shell sends.
+    #[test]
+    fn the_documented_acl_lists_every_redis_command() {
+        let doc = include_str!("../../docs/security.md");
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with("ACL SETUSER primacy "))
+            .expect("an ACL SETUSER line in docs/security.md");
+        let granted: Vec<&str> = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix('+'))
+            .collect();
+        assert_eq!(granted, REDIS_COMMANDS, "{line}");
+        assert!(line.contains(" ~primacy:* &primacy:* "), "{line}");
     }
 }

@@ -1,10 +1,14 @@
 //! What the cluster keeps in Redis and sends on its channels: node leases,
-//! feed records, events. All JSON, all under the configured key prefix.
+//! feed records, events. All JSON, all under the configured key prefix,
+//! each wrapped in a signed envelope ([`super::envelope`]) whose *place* is
+//! the key or channel it lives in.
 //!
-//! Keys (`P` = `redis.key_prefix`): `P:nodes` (set of node ids),
-//! `P:node:<id>` (the lease, expiring), `P:feeds:<id>` (hash feed id →
-//! record). Channels: `P:events` (feed changes and heartbeats),
-//! `P:control` (commands), `P:ack:<id>` (answers to commands sent by `<id>`).
+//! Keys (`P` = `redis.key_prefix`): `P:nodes` (set of node ids, a hint
+//! only: membership is a verified lease or heartbeat), `P:node:<id>` (the
+//! lease, expiring), `P:feeds:<id>` (hash feed id → record; a record's place
+//! is `P:feeds:<id>#<feed id>`). Channels: `P:events` (feed changes and
+//! heartbeats), `P:control` (commands), `P:ack:<id>` (answers to commands
+//! sent by `<id>`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +40,10 @@ impl Keys {
     pub fn feeds(&self, node: &str) -> String {
         format!("{}:feeds:{node}", self.prefix)
     }
+    /// Where one feed record lives: its hash and field (an envelope's place).
+    pub fn feed_place(&self, node: &str, feed: &str) -> String {
+        format!("{}:feeds:{node}#{feed}", self.prefix)
+    }
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)
     }
@@ -60,6 +68,10 @@ pub struct Lease {
     pub started_at: DateTime<Utc>,
     /// Wall clock of the renewal, Unix milliseconds.
     pub renewed_ms: i64,
+    /// When the node last rewrote all its feed records (Unix ms): a record
+    /// it signed before that was deleted since, so a copy of it written
+    /// back into the hash is a replay.
+    pub records_ms: i64,
     pub feeds: usize,
     pub players: i64,
 }

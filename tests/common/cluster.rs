@@ -29,32 +29,140 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// TLS only (no plaintext port), with a throwaway CA in `dir`.
+    tls: bool,
+}
+
+/// Run `openssl` with `args` in `dir` (panics if it fails).
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A TLS-only redis-server whose certificate (for 127.0.0.1) is signed
+    /// by a throwaway CA made here with openssl ([`PrivateRedis::ca_file`]).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let port = Ports::free().http;
         let dir =
             std::env::temp_dir().join(format!("primacy-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("redis dir");
+        if tls {
+            let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+            openssl(
+                &dir,
+                &[
+                    &["req", "-x509", "-nodes", "-days", "1"][..],
+                    &ec[..],
+                    &[
+                        "-keyout",
+                        "ca.key",
+                        "-out",
+                        "ca.pem",
+                        "-subj",
+                        "/CN=primacy test CA",
+                    ][..],
+                ]
+                .concat(),
+            );
+            openssl(
+                &dir,
+                &[
+                    &["req", "-nodes"][..],
+                    &ec[..],
+                    &[
+                        "-keyout",
+                        "server.key",
+                        "-out",
+                        "server.csr",
+                        "-subj",
+                        "/CN=127.0.0.1",
+                    ][..],
+                ]
+                .concat(),
+            );
+            std::fs::write(
+                dir.join("server.ext"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            )
+            .expect("extensions");
+            openssl(
+                &dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "server.pem",
+                    "-days",
+                    "1",
+                    "-extfile",
+                    "server.ext",
+                ],
+            );
+        }
         let mut r = Self {
             port,
             child: None,
             dir,
+            tls,
         };
         r.restart();
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        assert!(self.tls, "not a TLS server");
+        self.dir.join("ca.pem")
     }
 
     /// Start it (again) on the same port; waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        if self.tls {
+            let file = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
+            cmd.args(["--port", "0", "--tls-port", &port])
+                .args(["--tls-cert-file", &file("server.pem")])
+                .args(["--tls-key-file", &file("server.key")])
+                .args(["--tls-ca-cert-file", &file("ca.pem")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -105,6 +213,70 @@ impl Drop for PrivateRedis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Redis ACL user on the shared Redis, limited to one key prefix and the
+/// commands the gateway uses; deleted on drop.
+pub struct AclUser {
+    pub name: String,
+    password: String,
+    admin_url: String,
+}
+
+impl AclUser {
+    /// Create it through `admin_url` (a connection allowed to run ACL).
+    pub fn create(admin_url: &str, prefix: &str) -> Self {
+        let name = format!("primacy-test-{}", uuid::Uuid::new_v4().simple());
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let mut con = redis_connection(admin_url);
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(&name)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg(format!("~{prefix}:*"))
+            .arg(format!("&{prefix}:*"));
+        for c in primacy::cluster::REDIS_COMMANDS {
+            cmd.arg(format!("+{c}"));
+        }
+        let _: () = cmd.query(&mut con).expect("ACL SETUSER");
+        Self {
+            name,
+            password,
+            admin_url: admin_url.to_owned(),
+        }
+    }
+
+    /// `admin_url` with this user and its password.
+    pub fn url(&self) -> String {
+        let (scheme, rest) = self.admin_url.split_once("://").expect("a redis URL");
+        format!("{scheme}://{}:{}@{rest}", self.name, self.password)
+    }
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open(self.admin_url.as_str()) {
+            if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(5)) {
+                let _: redis::RedisResult<i64> = redis::cmd("ACL")
+                    .arg("DELUSER")
+                    .arg(&self.name)
+                    .query(&mut con);
+            }
+        }
+    }
+}
+
+/// A plain synchronous connection (for tests that talk to Redis directly).
+pub fn redis_connection(url: &str) -> redis::Connection {
+    let client = redis::Client::open(url).expect("redis url");
+    let con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect to redis");
+    con.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    con
 }
 
 /// One test's cluster: a database, an admin key, a Redis and a key prefix.
@@ -281,6 +453,11 @@ impl Node {
             .and_then(|f| f["node"].as_str())?
             .to_owned();
         Some((id, node))
+    }
+
+    /// A child node's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(GatewayProcess::pid)
     }
 
     /// Run a future on an in-process node's runtime.
