@@ -371,9 +371,10 @@ fn signed_commands_that_are_stale_unknown_or_misattributed_are_ignored() {
     );
 }
 
-/// A genuine command captured on the control channel (the disconnect that
-/// disabling a token sends) and published again after the token is
-/// enabled and its encoder is back: dropped as a replay; the feed stays.
+/// A genuine command captured on the control channel (the reprioritize,
+/// with disconnect, that an operator sends through another node) and
+/// published again once the encoder is back: dropped as a replay; the feed
+/// stays. (Replayed, it would disconnect the encoder again.)
 #[test]
 fn replayed_genuine_command_is_ignored() {
     const S: &str = "hostile3";
@@ -398,19 +399,16 @@ fn replayed_genuine_command_is_ignored() {
     sub.subscribe(format!("{}:control", tc.prefix))
         .expect("subscribe");
 
-    let patch = |enabled: bool| {
-        let (st, v) = ap.call(
-            "PATCH",
-            &format!("/api/v1/tokens/{token}"),
-            Some(&tc.key),
-            Some(&json!({ "enabled": enabled }).to_string()),
-        );
-        assert_eq!(st, 200, "{v}");
-    };
-    patch(false);
+    let (st, v) = ap.call(
+        "POST",
+        &format!("/api/v1/tokens/{token}/reprioritize"),
+        Some(&tc.key),
+        Some(&json!({ "priority": 90, "disconnect": true }).to_string()),
+    );
+    assert_eq!(st, 200, "{v}");
     assert!(
         enc.wait_timeout(Duration::from_secs(10)).is_some(),
-        "disabling the token did not disconnect its encoder"
+        "the reprioritize did not disconnect the encoder"
     );
     let end = Instant::now() + Duration::from_secs(10);
     let captured = loop {
@@ -419,13 +417,12 @@ fn replayed_genuine_command_is_ignored() {
             continue;
         };
         let payload: String = msg.get_payload().expect("payload");
-        if payload.contains("disconnect_token") {
+        if payload.contains("reprioritize") {
             break payload;
         }
     };
     drop(sub);
 
-    patch(true);
     let mut enc = media::publish(Fixture::A, &url);
     let feed = wait_until_some("the encoder is back on eu", || {
         agree_on(&[&eu, &ap], S, "eu-1")
