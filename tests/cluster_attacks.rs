@@ -204,13 +204,16 @@ fn fake_node_with_a_top_priority_feed_does_not_take_the_air() {
     player.wait_packets(from + 100, Duration::from_secs(10));
     let spacing = media::keyframe_spacing(&player.snapshot()[from..]);
     assert!(spacing.is_some_and(|s| s > 0.8), "{spacing:?}");
-    // Each kind of forgery is counted where it was read.
+    // Each kind of forgery is counted where it was read. The fake lease
+    // is read by whichever node resyncs first after the attacker adds it to
+    // the node set: that node drops the fake node from the set, so the
+    // other may never see it (the two resync timers can run in step).
+    let lease_rejects: u64 = [&eu, &ap]
+        .iter()
+        .map(|n| rejected(n, &[("kind", "lease"), ("reason", "unsigned")]))
+        .sum();
+    assert!(lease_rejects > 0, "fake lease not counted on any node");
     for n in [&eu, &ap] {
-        assert!(
-            rejected(n, &[("kind", "lease"), ("reason", "unsigned")]) > 0,
-            "{}: fake lease not counted",
-            n.name
-        );
         assert!(
             rejected(n, &[("kind", "event"), ("reason", "unsigned")]) >= 2,
             "{}: fake events not counted",
