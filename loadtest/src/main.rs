@@ -12,6 +12,7 @@
 mod encoder;
 mod fixtures;
 mod gateway;
+mod impair;
 mod player;
 mod plot;
 mod procstat;
@@ -87,10 +88,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// Every scenario below, then report.md (< 15 min on 2 cores).
+    /// Every scenario below, then report.md (~30 min on 2 cores).
     All,
     /// Kill / stall primaries of N sources with live backups: player freeze.
     Failover,
+    /// Primaries and backups behind impaired links (delay, jitter, loss) for 10 min, nothing killed: false switches.
+    Impaired,
     /// Failback and reprioritize: frames lost, regressions, call → on air.
     Planned,
     /// 1 → N and N → N players: CPU-s per Gbit, memory per session; nginx-rtmp beside.
@@ -108,11 +111,12 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const EVERY: [Scenario; 8] = [
+    pub const EVERY: [Scenario; 9] = [
         Scenario::Startup,
         Scenario::Restart,
         Scenario::Admission,
         Scenario::Failover,
+        Scenario::Impaired,
         Scenario::Planned,
         Scenario::Fanout,
         Scenario::Churn,
@@ -123,6 +127,7 @@ impl Scenario {
         match self {
             Scenario::All => "all",
             Scenario::Failover => "failover",
+            Scenario::Impaired => "impaired",
             Scenario::Planned => "planned",
             Scenario::Fanout => "fanout",
             Scenario::Scale => "scale",

@@ -2,23 +2,37 @@
 //! (50) encoder and one recording player, in three rounds: RTMP encoders →
 //! RTMP player, SRT encoders → SRT player, and mixed redundancy (RTMP
 //! primary, SRT backup, half the sources played over RTMP and half over
-//! SRT). The primaries are killed
-//! (connection dropped) repeatedly at a random phase of the GOP: the
-//! player-visible freeze is the largest gap between video frames around
-//! each kill. Then they are stalled (connection open, nothing sent): the
-//! freeze is bounded by `feed_timeout`. After each round the primaries come
-//! back and take the air again by a planned switch (failback), checked for
-//! lost frames and timestamp regressions.
+//! SRT). Each primary reaches the gateway through an impairment link of
+//! its own (`crate::impair`, no impairment set), so it can die in every way
+//! it dies in the field, each many times, at a random phase of the GOP:
+//!
+//! - **kill**: the connection is dropped with a goodbye (RTMP: the kernel
+//!   closes the TCP connection; SRT: the client's socket sends its
+//!   shutdown);
+//! - **stall**: the encoder stops sending, its connection stays open (SRT
+//!   keepalives go on);
+//! - **blackhole**: the link stops forwarding in both directions without
+//!   closing anything — a pulled cable, a dead router, an encoder that lost
+//!   power (for SRT: no shutdown, no keepalive).
+//!
+//! The player-visible freeze is the largest gap between video frames around
+//! each failure. After each one the primaries come back and take the air
+//! again by a planned switch (failback), checked for lost frames and
+//! timestamp regressions.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 
-use super::{encoder, play_url, publish_url, sleep_ms, stop_all, wait_frames, Ctx, Proto};
+use super::{
+    encoder, play_url, publish_url, publish_url_via, sleep_ms, stop_all, wait_frames, Ctx, Proto,
+};
 use crate::encoder::Encoder;
 use crate::fixtures::Quality;
 use crate::gateway::{Gateway, Settings};
+use crate::impair::{Impairment, Link};
 use crate::player::{dts_check, max_gap, max_gap_at, now_ms, wall_ms, DtsCheck, FrameRec, Player};
 use crate::plot;
 use crate::report::{Figure, ScenarioReport};
@@ -27,7 +41,16 @@ use crate::stats::Summary;
 const FEED_TIMEOUT_MS: f64 = 1500.0;
 const FAILBACK_HOLD_MS: u64 = 500;
 const FRAME_MS: f64 = 1000.0 / 30.0;
+/// The freeze a failure without a goodbye may cause (issue target).
+const SILENT_TARGET_MS: f64 = 250.0;
 
+/// How a primary dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Stall,
+    Blackhole,
+}
 #[derive(Default, serde::Serialize)]
 struct Round {
     /// "RTMP", "SRT" or "mixed".
@@ -45,6 +68,12 @@ struct Round {
     /// of the kill; a larger one elsewhere in the window is not the switch's.
     kill_gap_end_ms: Vec<(f64, f64)>,
     stall_gap_ms: Vec<f64>,
+    stall_engine_gap_ms: Vec<f64>,
+    blackhole_gap_ms: Vec<f64>,
+    blackhole_engine_gap_ms: Vec<f64>,
+    /// Each unplanned switch's reason and detail as the streams API gave it
+    /// (`last_switch`), counted.
+    switch_reasons: BTreeMap<String, u64>,
     /// Timestamp checks around the unplanned switches.
     unplanned: DtsCheckSum,
     /// Timestamp checks around the failbacks (planned switches).
@@ -88,7 +117,8 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     let mut r = ScenarioReport::new("failover");
     let sources = ctx.pick(4, 1);
     let kills = ctx.pick(10, 1);
-    let stalls = ctx.pick(3, 1);
+    let stalls = ctx.pick(10, 1);
+    let blackholes = ctx.pick(10, 1);
     let fx = ctx.fixture(Quality::Hd)?;
     let gw = Gateway::start(
         &ctx.target,
@@ -110,7 +140,15 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     );
     let mut rounds = Vec::new();
     for setup in setups {
-        rounds.push(round(ctx, &gw, setup, sources, kills, stalls, &fx)?);
+        let mixed = setup.0 != setup.1;
+        // The mixed round repeats what the others measured: fewer of each.
+        let n = |x: usize| if mixed { x.min(3) } else { x };
+        let faults = [
+            (Fault::Kill, kills),
+            (Fault::Stall, n(stalls)),
+            (Fault::Blackhole, n(blackholes)),
+        ];
+        rounds.push(round(ctx, &gw, setup, sources, &faults, &fx)?);
     }
 
     let mut cdf = Vec::new();
@@ -128,16 +166,32 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             format!("gateway's switch gap at those kills (last frame out → switch, {p})"),
             Summary::of(&rd.kill_engine_gap_ms).brief("ms"),
         ));
-        let s = Summary::of(&rd.stall_gap_ms);
-        r.figures.push(Figure::judged(
-            "stall",
-            format!(
-                "freeze, primary stalled, {p} (feed_timeout {FEED_TIMEOUT_MS} ms, {} stalls)",
-                s.n
+        for (what, how, gaps, engine) in [
+            (
+                "stall",
+                "stalled (connection open, nothing sent)",
+                &rd.stall_gap_ms,
+                &rd.stall_engine_gap_ms,
             ),
-            s.brief("ms"),
-            s.max.map(|m| m <= FEED_TIMEOUT_MS + 83.0),
-        ));
+            (
+                "blackhole",
+                "blackholed (link stops forwarding, nothing closed)",
+                &rd.blackhole_gap_ms,
+                &rd.blackhole_engine_gap_ms,
+            ),
+        ] {
+            let s = Summary::of(gaps);
+            r.figures.push(Figure::judged(
+                what,
+                format!("freeze, primary {how}, {p} ({} times)", s.n),
+                s.brief("ms"),
+                s.p99.map(|p99| p99 <= SILENT_TARGET_MS),
+            ));
+            r.figures.push(Figure::info(
+                format!("gateway's switch gap at those {what}s ({p})"),
+                Summary::of(engine).brief("ms"),
+            ));
+        }
         r.figures.push(Figure::judged(
             "planned",
             format!("failback (planned switch), {p}, {} switches", rd.failbacks),
@@ -166,7 +220,19 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
             format!("{p} player's largest gap with no switch (baseline)"),
             super::ms(rd.baseline_gap_ms.iter().copied().reduce(f64::max)),
         ));
+        if !rd.switch_reasons.is_empty() {
+            let reasons: Vec<String> = rd
+                .switch_reasons
+                .iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect();
+            r.figures.push(Figure::info(
+                format!("{p} unplanned switches by reason"),
+                reasons.join("; "),
+            ));
+        }
         cdf.push((format!("{p} kill"), rd.kill_gap_ms.clone()));
+        cdf.push((format!("{p} blackhole"), rd.blackhole_gap_ms.clone()));
         cdf.push((format!("{p} no switch"), rd.baseline_gap_ms.clone()));
     }
     let png = "failover-gaps.png";
@@ -181,7 +247,9 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     }
     r.notes.push(format!(
         "{sources} sources per round, 720p30 ~2.65 Mbit/s 1 s GOP; failback_hold {FAILBACK_HOLD_MS} ms; \
-         a kill drops the encoder's connection without a goodbye (for SRT the client's socket close)"
+         a kill drops the encoder's connection (RTMP: TCP close; SRT: the client socket's shutdown); \
+         a stall stops the encoder's output; a blackhole stops the primary's link (nothing crosses, nothing closes); \
+         feed_timeout {FEED_TIMEOUT_MS} ms; target for stalls and blackholes: p99 ≤ {SILENT_TARGET_MS} ms"
     ));
     r.details = json!({ "rounds": rounds });
     Ok(r)
@@ -196,8 +264,7 @@ fn round(
     gw: &Gateway,
     (pri, bak, play): Setup,
     sources: usize,
-    kills: usize,
-    stalls: usize,
+    faults: &[(Fault, usize)],
     fx: &crate::fixtures::Fixture,
 ) -> Result<Round> {
     let mixed = pri != bak || play.iter().any(|p| *p != pri);
@@ -230,12 +297,21 @@ fn round(
     let mut backups = Vec::new();
     let mut primaries: Vec<Option<Encoder>> = Vec::new();
     let mut players = Vec::new();
+    // One link per primary, kept across its restarts.
+    let links = streams
+        .iter()
+        .map(|_| match pri {
+            Proto::Rtmp => Link::tcp(&ctx.rt, gw.rtmp.to_string(), Impairment::default()),
+            Proto::Srt => Link::udp(&ctx.rt, gw.srt, Impairment::default()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let primary_url = |i: usize| publish_url_via(gw, pri, &streams[i], &hi.secret, links[i].addr);
     for s in &streams {
         backups.push(encoder(ctx, publish_url(gw, bak, s, &lo.secret)?, fx));
     }
-    for s in &streams {
+    for (i, s) in streams.iter().enumerate() {
         gw.wait_on_air(s, 1, None, Duration::from_secs(20))?;
-        primaries.push(Some(encoder(ctx, publish_url(gw, pri, s, &hi.secret)?, fx)));
+        primaries.push(Some(encoder(ctx, primary_url(i)?, fx)));
     }
     for (i, s) in streams.iter().enumerate() {
         gw.wait_on_air(s, 2, Some(&hi.id), Duration::from_secs(20))?;
@@ -259,8 +335,8 @@ fn round(
         }
     }
     let restart = |primaries: &mut Vec<Option<Encoder>>| -> Result<()> {
-        for (i, s) in streams.iter().enumerate() {
-            primaries[i] = Some(encoder(ctx, publish_url(gw, pri, s, &hi.secret)?, fx));
+        for (i, p) in primaries.iter_mut().enumerate() {
+            *p = Some(encoder(ctx, primary_url(i)?, fx));
         }
         Ok(())
     };
@@ -301,61 +377,78 @@ fn round(
         rd.failbacks += streams.len() as u64;
         Ok(())
     };
-    for _ in 0..kills {
-        sleep_ms(800 + rand::random_range(0..1000)); // a random phase in the GOP
-        let t = now_ms();
-        for p in primaries.iter_mut() {
-            if let Some(e) = p.take() {
-                e.kill();
+    for &(fault, times) in faults {
+        for _ in 0..times {
+            sleep_ms(800 + rand::random_range(0..1000)); // a random phase in the GOP
+            let t = now_ms();
+            match fault {
+                Fault::Kill => {
+                    for p in primaries.iter_mut() {
+                        if let Some(e) = p.take() {
+                            e.kill();
+                        }
+                    }
+                }
+                Fault::Stall => primaries.iter().flatten().for_each(Encoder::stall),
+                Fault::Blackhole => links.iter().for_each(|l| l.blackhole(true)),
             }
-        }
-        sleep_ms(1200);
-        for p in &players {
-            let frames = p.frames();
-            if let Some((gap, end)) = max_gap_at(&frames, t - 100.0, now_ms()) {
-                rd.kill_gap_ms.push(gap);
-                rd.kill_gap_end_ms.push((gap, end.at - t));
+            // A kill is over within a few frames; the others are measured
+            // past feed_timeout, so a slow detection shows as it is.
+            sleep_ms(match fault {
+                Fault::Kill => 1200,
+                _ => FEED_TIMEOUT_MS as u64 + 700,
+            });
+            for p in &players {
+                let frames = p.frames();
+                if let Some((gap, end)) = max_gap_at(&frames, t - 100.0, now_ms()) {
+                    match fault {
+                        Fault::Kill => {
+                            rd.kill_gap_ms.push(gap);
+                            rd.kill_gap_end_ms.push((gap, end.at - t));
+                        }
+                        Fault::Stall => rd.stall_gap_ms.push(gap),
+                        Fault::Blackhole => rd.blackhole_gap_ms.push(gap),
+                    }
+                }
+                rd.unplanned
+                    .add(dts_check(&frames, t - 100.0, now_ms(), FRAME_MS));
             }
-        }
-        for s in &streams {
-            let sw = gw
-                .stream(s)?
-                .map(|v| v["sources"][0]["last_switch"].clone())
-                .unwrap_or_default();
-            if sw["planned"] == false {
-                rd.kill_engine_gap_ms.extend(sw["gap_ms"].as_f64());
+            for s in &streams {
+                let sw = gw
+                    .stream(s)?
+                    .map(|v| v["sources"][0]["last_switch"].clone())
+                    .unwrap_or_default();
+                if sw["planned"] != false {
+                    continue;
+                }
+                let engine = match fault {
+                    Fault::Kill => &mut rd.kill_engine_gap_ms,
+                    Fault::Stall => &mut rd.stall_engine_gap_ms,
+                    Fault::Blackhole => &mut rd.blackhole_engine_gap_ms,
+                };
+                engine.extend(sw["gap_ms"].as_f64());
+                let reason = [&sw["reason"], &sw["detail"]]
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                let reason = coarse(&reason);
+                *rd.switch_reasons
+                    .entry(format!("{fault:?} → {reason}").to_lowercase())
+                    .or_default() += 1;
             }
-        }
-        for p in &players {
-            let frames = p.frames();
-            rd.unplanned
-                .add(dts_check(&frames, t - 100.0, now_ms(), FRAME_MS));
-        }
-        restart(&mut primaries)?;
-        failback(&mut rd, now_ms())?;
-    }
-    for _ in 0..stalls {
-        sleep_ms(800 + rand::random_range(0..1000));
-        let t = now_ms();
-        for e in primaries.iter().flatten() {
-            e.stall();
-        }
-        sleep_ms(FEED_TIMEOUT_MS as u64 + 1000);
-        for p in &players {
-            let frames = p.frames();
-            rd.stall_gap_ms
-                .extend(max_gap(&frames, t - 100.0, now_ms()));
-            rd.unplanned
-                .add(dts_check(&frames, t - 100.0, now_ms(), FRAME_MS));
-        }
-        for p in primaries.iter_mut() {
-            if let Some(e) = p.take() {
-                e.kill();
+            if fault != Fault::Kill {
+                for p in primaries.iter_mut() {
+                    if let Some(e) = p.take() {
+                        e.kill();
+                    }
+                }
+                links.iter().for_each(|l| l.blackhole(false));
+                sleep_ms(300);
             }
+            restart(&mut primaries)?;
+            failback(&mut rd, now_ms())?;
         }
-        sleep_ms(300);
-        restart(&mut primaries)?;
-        failback(&mut rd, now_ms())?;
     }
     for s in &streams {
         rd.feeds_at_end
@@ -365,4 +458,23 @@ fn round(
     encoders.extend(primaries.into_iter().flatten());
     stop_all(ctx, players, encoders);
     Ok(rd)
+}
+
+/// A switch's reason and detail with its numbers replaced by `N`, so the
+/// same cause counts once (`lost: silent 184 ms` → `lost: silent N ms`).
+fn coarse(reason: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
 }

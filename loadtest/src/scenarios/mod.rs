@@ -6,6 +6,7 @@ mod admission;
 mod churn;
 mod failover;
 mod fanout;
+mod impaired;
 mod planned;
 mod restart;
 mod scale;
@@ -53,10 +54,11 @@ impl Ctx {
 }
 
 /// What `all --quick` runs.
-pub const QUICK: [Scenario; 6] = [
+pub const QUICK: [Scenario; 7] = [
     Scenario::Startup,
     Scenario::Admission,
     Scenario::Failover,
+    Scenario::Impaired,
     Scenario::Planned,
     Scenario::Fanout,
     Scenario::Churn,
@@ -67,6 +69,7 @@ pub fn run(s: Scenario, ctx: &Ctx) -> Result<ScenarioReport> {
         Scenario::Startup => startup::run(ctx),
         Scenario::Admission => admission::run(ctx),
         Scenario::Failover => failover::run(ctx),
+        Scenario::Impaired => impaired::run(ctx),
         Scenario::Planned => planned::run(ctx),
         Scenario::Fanout => fanout::run(ctx),
         Scenario::Scale => scale::run(ctx),
@@ -103,6 +106,28 @@ pub fn publish_url(gw: &Gateway, p: Proto, stream: &str, token: &str) -> Result<
         Proto::Rtmp => parse(gw.rtmp_url(&format!("{stream}?token={token}"))),
         Proto::Srt => parse(gw.srt_url(&format!("#!::r={stream},m=publish,s={token}"))),
     }
+}
+
+/// A publish URL for `stream` with `token` that reaches the gateway at
+/// `via` (an impairment link in front of its RTMP or SRT port).
+pub fn publish_url_via(
+    gw: &Gateway,
+    p: Proto,
+    stream: &str,
+    token: &str,
+    via: std::net::SocketAddr,
+) -> Result<ClientUrl> {
+    let url = match p {
+        Proto::Rtmp => gw.rtmp_url(&format!("{stream}?token={token}")).replacen(
+            &gw.rtmp.to_string(),
+            &via.to_string(),
+            1,
+        ),
+        Proto::Srt => gw
+            .srt_url(&format!("#!::r={stream},m=publish,s={token}"))
+            .replacen(&gw.srt.to_string(), &via.to_string(), 1),
+    };
+    parse(url)
 }
 
 /// A publish URL for source `source` of `stream` (`sourceId`), with a token.

@@ -15,87 +15,18 @@
 //! dropped, and the time from Redis's return until both nodes list each
 //! other again and elect the same feed.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 
 use super::{encoder, play_url, publish_url, sleep_ms, stop_all, wait_frames, Ctx, Proto};
 use crate::fixtures::Quality;
 use crate::gateway::{Gateway, Settings};
+use crate::impair::{Impairment, Link};
 use crate::player::{max_gap, now_ms, Player};
 use crate::report::{Figure, ScenarioReport};
-
-/// A TCP proxy that can be cut.
-struct Proxy {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
-}
-
-impl Proxy {
-    fn start(rt: &tokio::runtime::Handle, upstream: String) -> Result<Self> {
-        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
-        let addr = listener.local_addr()?;
-        let open = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
-        let (o, c) = (open.clone(), conns.clone());
-        let accept = rt
-            .spawn(async move {
-                // Bounded by the scenario: aborted when the proxy drops.
-                while let Ok((mut down, _)) = listener.accept().await {
-                    if !o.load(Ordering::SeqCst) {
-                        drop(down); // refused while cut
-                        continue;
-                    }
-                    let upstream = upstream.clone();
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut up) = TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                        }
-                    });
-                    if let Ok(mut v) = c.lock() {
-                        v.retain(|h| !h.is_finished());
-                        v.push(task.abort_handle());
-                    }
-                }
-            })
-            .abort_handle();
-        Ok(Self {
-            addr,
-            open,
-            conns,
-            accept,
-        })
-    }
-
-    /// Drop every connection and refuse new ones.
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        if let Ok(mut v) = self.conns.lock() {
-            for h in v.drain(..) {
-                h.abort();
-            }
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
 
 /// `host:port` of a PostgreSQL URL.
 pub(super) fn authority(url: &str) -> Option<String> {
@@ -116,7 +47,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
         anyhow::bail!("restart needs a gateway started by the load test (it puts a proxy in front of its database)");
     };
     let upstream = authority(admin_db).context("the PostgreSQL URL has no host")?;
-    let proxy = Proxy::start(&ctx.rt, upstream)?;
+    let proxy = Link::tcp(&ctx.rt, upstream, Impairment::default())?;
     let fx = ctx.fixture(Quality::Sd)?;
     let gw = Gateway::start(
         &ctx.target,
@@ -310,7 +241,7 @@ fn redis_outage(ctx: &Ctx, outage_s: u64, r: &mut ScenarioReport) -> Result<serd
             }
         })
         .context("the Redis URL has no host")?;
-    let proxy = Proxy::start(&ctx.rt, upstream.clone())?;
+    let proxy = Link::tcp(&ctx.rt, upstream.clone(), Impairment::default())?;
     let prefix = format!("primacy-loadtest-{}", uuid::Uuid::new_v4().simple());
     let fx = ctx.fixture(Quality::Sd)?;
     let eu = Gateway::start(
