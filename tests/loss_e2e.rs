@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::Gateway as Env;
 use common::media::{
-    check_monotonic, keyframe_spacing, publish, publish_srt, Fixture, Player, Proc,
+    check_monotonic, keyframe_spacing, publish, publish_srt, spawn_logged, Fixture, Player, Proc,
 };
 
 /// Well under the old 1.5 s, robust on a loaded machine.
@@ -25,6 +25,9 @@ const BOUND: Duration = Duration::from_millis(1_000);
 enum Primary {
     Rtmp,
     Srt,
+    /// An ffmpeg encoding live (x264 from a test source), as an encoder in
+    /// the field does, rather than copying a pre-encoded file.
+    SrtLive,
 }
 
 enum Death {
@@ -39,6 +42,33 @@ fn signal(p: &Proc, sig: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {sig} failed");
+}
+
+/// ffmpeg encoding a 360p30 test picture with a 1 s GOP live and
+/// publishing it to `url` as MPEG-TS.
+fn publish_live(url: &str) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        ])
+        .args([
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-sc_threshold",
+            "0",
+            "-b:v",
+            "600k",
+        ])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "mpegts"])
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    spawn_logged(&mut cmd, "ffmpeg live encoder")
 }
 
 /// The largest gap between consecutive video packets from `from` on.
@@ -60,6 +90,7 @@ fn fail_over(primary: Primary, death: Death) -> (Duration, String) {
             Fixture::A,
             &e.srt_ff(&format!("#!::r=match1,m=publish,s={hi}")),
         ),
+        Primary::SrtLive => publish_live(&e.srt_ff(&format!("#!::r=match1,m=publish,s={hi}"))),
     };
     let _backup = publish(Fixture::B, &e.rtmp(&format!("match1?token={lo}")));
     e.wait_feeds("match1", 2, Some(&hi_id));
@@ -86,7 +117,9 @@ fn fail_over(primary: Primary, death: Death) -> (Duration, String) {
         Death::Stop => signal(&enc, "-STOP"),
         Death::Term => signal(&enc, "-TERM"),
     }
-    player.wait_packets(before + 60, Duration::from_secs(20));
+    // A live encoder stopping cleanly flushes its encoder first: up to a
+    // few dozen more frames of the primary.
+    player.wait_packets(before + 120, Duration::from_secs(20));
     let freeze = freeze_since(&player, before);
     let switch = e.wait_for("the switch", Duration::from_secs(10), || {
         let v = e.stream("match1");
@@ -101,7 +134,7 @@ fn fail_over(primary: Primary, death: Death) -> (Duration, String) {
         died.elapsed()
     );
     let packets = player.snapshot();
-    let sp = keyframe_spacing(&packets[before + 15..]).expect("keyframes after the switch");
+    let sp = keyframe_spacing(&packets[packets.len() - 50..]).expect("keyframes after the switch");
     assert!(
         (sp - 0.5).abs() < 0.15,
         "the backup is on air, spacing {sp}"
@@ -133,5 +166,19 @@ fn srt_encoder_stopping_cleanly_fails_over_at_once() {
     let (freeze, detail) = fail_over(Primary::Srt, Death::Term);
     // The SRT shutdown closes the feed before its loss window runs out.
     assert_eq!(detail, "lost: closed");
+    assert!(freeze < BOUND, "freeze {freeze:?}");
+}
+
+#[test]
+fn live_srt_encoder_stopping_cleanly_fails_over_at_once() {
+    let (freeze, detail) = fail_over(Primary::SrtLive, Death::Term);
+    assert_eq!(detail, "lost: closed");
+    assert!(freeze < BOUND, "freeze {freeze:?}");
+}
+
+#[test]
+fn live_srt_encoder_killed_fails_over_within_its_loss_window() {
+    let (freeze, detail) = fail_over(Primary::SrtLive, Death::Kill);
+    assert!(detail.starts_with("lost: silent"), "{detail}");
     assert!(freeze < BOUND, "freeze {freeze:?}");
 }
