@@ -71,8 +71,8 @@ pub struct Silence {
     pub silent: Duration,
     /// The window it exceeded.
     pub window: Duration,
-    /// The window was `feed_timeout` itself (warm-up, or a feed whose
-    /// cadence stretched it that far).
+    /// Silent for `feed_timeout` (in warm-up, a cadence that stretched the
+    /// window that far, or a silence that outlasted its window unjudged).
     pub at_timeout: bool,
 }
 
@@ -177,7 +177,7 @@ impl LossEstimator {
         (silent >= window).then_some(Silence {
             silent,
             window,
-            at_timeout: window >= self.params.timeout,
+            at_timeout: window >= self.params.timeout || silent >= self.params.timeout,
         })
     }
 

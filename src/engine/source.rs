@@ -784,12 +784,29 @@ impl Source {
 
     pub fn on_tick(&mut self, now: Instant) {
         // Feeds silent for their loss window lose eligibility.
-        let lost: Vec<(FeedId, Silence)> = self
+        let mut lost: Vec<(FeedId, Silence)> = self
             .feeds
             .iter()
             .filter(|(_, f)| f.healthy && !f.is_remote())
             .filter_map(|(id, f)| Some((*id, f.loss.as_ref()?.lost(now)?)))
             .collect();
+        if lost.iter().any(|(_, s)| !s.at_timeout) {
+            // A learned window (short of feed_timeout) only counts while
+            // another feed of the source is alive. When every feed falls
+            // silent at once, this process or its host stalled (or there
+            // is nothing to switch to): feed_timeout decides then, so a
+            // stall does not vacate the source and make players wait for
+            // a keyframe.
+            let alive: Vec<FeedId> = self
+                .election
+                .feeds()
+                .iter()
+                .filter(|s| s.healthy && !s.draining)
+                .map(|s| s.feed)
+                .filter(|f| !lost.iter().any(|(l, _)| l == f))
+                .collect();
+            lost.retain(|(id, s)| s.at_timeout || alive.iter().any(|a| a != id));
+        }
         for (id, silence) in lost {
             if let Some(f) = self.feeds.get_mut(&id) {
                 f.mark_unhealthy();

@@ -52,22 +52,18 @@ fn a_silent_primary_fails_over_within_its_learned_window() {
 #[test]
 fn during_warmup_only_feed_timeout_applies() {
     let (mut h, _p) = two_feeds();
-    // A's first frame at 0: warm-up until 2000; two_feeds runs to 500.
+    // A's first frame at 0: warm-up until 2000.
+    h.run_to(1_200);
     assert_eq!(h.feed_view(A).expect("A").loss_window_ms, Some(1500));
     h.feed_mut(A).sending = false;
-    let last_a = h.feed(A).last_sent_ms.expect("A sent");
     // Silent past the floor, inside the warm-up: still on air.
-    h.run_to(last_a + 1_000);
+    h.run_to(1_900);
     assert_eq!(h.primary(), Some(A));
     // Once warm, its learned window applies to the silence in progress.
-    h.run_until(1_200, |h| h.primary() == Some(B));
+    h.run_until(200, |h| h.primary() == Some(B));
     assert!(h.now_ms >= 2_000 && h.now_ms <= 2_010, "at {}", h.now_ms);
-    assert!(h
-        .view()
-        .last_switch
-        .expect("switch")
-        .detail
-        .starts_with("lost: silent"));
+    let detail = h.view().last_switch.expect("switch").detail;
+    assert!(detail.starts_with("lost: silent"), "{detail}");
 }
 
 #[test]
@@ -160,11 +156,51 @@ fn every_switch_says_why() {
     let sw = h.view().last_switch.expect("switch");
     assert_eq!(sw.reason, "draining");
     assert_eq!(sw.detail, "reprioritized");
-    // The only feed goes silent: the vacancy says so too.
+    // The only feed goes silent: with nothing to switch to, only
+    // feed_timeout applies, and the vacancy says so.
     h.run_to(h.now_ms + 3_000);
     h.feed_mut(B).sending = false;
+    let last_b = h.feed(B).last_sent_ms.expect("B sent");
     h.run_until(2_000, |h| h.primary().is_none());
+    assert!(h.now_ms >= last_b + 1_500, "vacant at {}", h.now_ms);
     let sw = h.view().last_switch.expect("vacate");
     assert_eq!(sw.reason, "vacant");
-    assert!(sw.detail.starts_with("lost: silent"), "{}", sw.detail);
+    assert_eq!(sw.detail, "lost: timeout");
+}
+
+#[test]
+fn every_feed_silent_at_once_waits_for_feed_timeout() {
+    // The gateway (or its host) stalled: no feed's media arrives.
+    let (mut h, _p) = two_feeds();
+    h.run_to(3000);
+    h.feed_mut(A).sending = false;
+    h.feed_mut(B).sending = false;
+    let last = h.feed(A).last_sent_ms.expect("A sent");
+    h.run_to(last + 1_000);
+    assert_eq!(h.primary(), Some(A), "nothing switches on a learned window");
+    assert_eq!(h.view().switches, 1);
+    // Media again before feed_timeout: nothing happened at all.
+    h.feed_mut(A).sending = true;
+    h.feed_mut(B).sending = true;
+    h.run_to(h.now_ms + 500);
+    assert_eq!(h.primary(), Some(A));
+    assert_eq!(h.view().switches, 1);
+    assert_eq!(h.feed_view(B).expect("B").state, "standby");
+}
+
+#[test]
+fn a_silent_backup_loses_eligibility_while_the_primary_flows() {
+    let (mut h, _p) = two_feeds();
+    h.run_to(3000);
+    h.feed_mut(B).sending = false;
+    h.run_to(h.now_ms + 200);
+    assert_eq!(h.feed_view(B).expect("B").state, "unhealthy");
+    assert_eq!(h.primary(), Some(A));
+    // Then the primary dies too: nothing alive to switch to, so it stays
+    // on air (frozen) until feed_timeout.
+    h.feed_mut(A).sending = false;
+    let last_a = h.feed(A).last_sent_ms.expect("A sent");
+    h.run_to(last_a + 1_000);
+    assert_eq!(h.primary(), Some(A));
+    h.run_until(600, |h| h.primary().is_none());
 }
