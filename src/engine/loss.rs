@@ -128,6 +128,14 @@ impl LossEstimator {
                 self.rttvar += (err.abs() - self.rttvar) / 4.0;
             }
         }
+        let memory = self.params.memory;
+        while self
+            .gaps
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > memory)
+        {
+            self.gaps.pop_front();
+        }
         while self.gaps.back().is_some_and(|&(_, g)| g <= sample) {
             self.gaps.pop_back();
         }
@@ -173,6 +181,10 @@ impl LossEstimator {
     /// `Some` when the feed has been silent for its whole window.
     pub fn lost(&self, now: Instant) -> Option<Silence> {
         let silent = self.silent_for(now)?;
+        if silent < self.params.floor.min(self.params.timeout) {
+            // The window is never shorter: skip computing it (every tick).
+            return None;
+        }
         let window = self.window(now);
         (silent >= window).then_some(Silence {
             silent,
