@@ -792,20 +792,32 @@ impl Source {
             .collect();
         if lost.iter().any(|(_, s)| !s.at_timeout) {
             // A learned window (short of feed_timeout) only counts while
-            // another feed of the source is alive. When every feed falls
-            // silent at once, this process or its host stalled (or there
-            // is nothing to switch to): feed_timeout decides then, so a
-            // stall does not vacate the source and make players wait for
-            // a keyframe.
-            let alive: Vec<FeedId> = self
+            // another feed of the source is alive: available, and (a local
+            // one) with media more recent than that window. When every
+            // feed falls silent at once, this process or its host stalled
+            // (or there is nothing to switch to): feed_timeout decides
+            // then, so a stall does not switch or vacate the source.
+            let available: Vec<FeedId> = self
                 .election
                 .feeds()
                 .iter()
                 .filter(|s| s.healthy && !s.draining)
                 .map(|s| s.feed)
-                .filter(|f| !lost.iter().any(|(l, _)| l == f))
                 .collect();
-            lost.retain(|(id, s)| s.at_timeout || alive.iter().any(|a| a != id));
+            let feeds = &self.feeds;
+            lost.retain(|(id, s)| {
+                s.at_timeout
+                    || available.iter().any(|other| {
+                        other != id
+                            && feeds.get(other).is_some_and(|f| {
+                                f.is_remote()
+                                    || f.loss
+                                        .as_ref()
+                                        .and_then(|l| l.silent_for(now))
+                                        .is_some_and(|q| q < s.window)
+                            })
+                    })
+            });
         }
         for (id, silence) in lost {
             if let Some(f) = self.feeds.get_mut(&id) {

@@ -189,6 +189,34 @@ fn every_feed_silent_at_once_waits_for_feed_timeout() {
 }
 
 #[test]
+fn a_stall_longer_than_a_backups_window_switches_nothing() {
+    let (mut h, _p) = two_feeds();
+    // B (warm from 2500) hiccups for 300 ms: declared lost, its window
+    // backs off to 3 × 150 ms; healthy again at its keyframe at 4500.
+    h.run_to(2_600);
+    h.feed_mut(B).sending = false;
+    h.run_to(2_900);
+    h.feed_mut(B).sending = true;
+    h.run_to(5_000);
+    assert_eq!(h.feed_view(B).expect("B").state, "standby");
+    let wb = h.feed_view(B).expect("B").loss_window_ms.expect("window");
+    assert!(wb >= 450, "B's window {wb} ms");
+    assert_eq!(h.primary(), Some(A));
+    let switches = h.view().switches;
+    // Then everything stalls for 400 ms: past A's window, inside B's. B is
+    // as silent as A: not alive, so nothing switches.
+    h.feed_mut(A).sending = false;
+    h.feed_mut(B).sending = false;
+    h.run_to(5_400);
+    h.feed_mut(A).sending = true;
+    h.feed_mut(B).sending = true;
+    h.run_to(5_600);
+    assert_eq!(h.primary(), Some(A));
+    assert_eq!(h.view().switches, switches);
+    assert_eq!(h.feed_view(B).expect("B").state, "standby");
+}
+
+#[test]
 fn a_silent_backup_loses_eligibility_while_the_primary_flows() {
     let (mut h, _p) = two_feeds();
     h.run_to(3000);
