@@ -282,6 +282,17 @@ pub struct ElectionConfig {
     pub flap_count: u32,
     pub flap_window_ms: u64,
     pub flap_hold_ms: u64,
+    /// Loss of signal (with `feed_timeout_ms` set): a feed silent for its
+    /// learned loss window loses eligibility. The window is
+    /// min(feed_timeout_ms, max(loss_floor_ms, mean + loss_k × deviation of
+    /// its frame inter-arrival times, loss_gap_factor × its largest gap
+    /// within loss_memory_ms)); only feed_timeout_ms applies during
+    /// loss_warmup_ms after its first frame.
+    pub loss_floor_ms: u64,
+    pub loss_k: u32,
+    pub loss_gap_factor: u32,
+    pub loss_memory_ms: u64,
+    pub loss_warmup_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -531,6 +542,11 @@ impl Default for ElectionConfig {
             flap_count: 3,
             flap_window_ms: 60_000,
             flap_hold_ms: 30_000,
+            loss_floor_ms: 150,
+            loss_k: 4,
+            loss_gap_factor: 3,
+            loss_memory_ms: 30_000,
+            loss_warmup_ms: 2_000,
         }
     }
 }
@@ -867,6 +883,35 @@ impl Config {
         let e = &self.election;
         if e.flap_count == 0 {
             return Err(invalid("election.flap_count", "must be at least 1"));
+        }
+        if e.loss_floor_ms < 20 {
+            return Err(invalid(
+                "election.loss_floor_ms",
+                "must be at least 20 (two engine ticks)",
+            ));
+        }
+        if e.feed_timeout_ms > 0 && e.loss_floor_ms > e.feed_timeout_ms {
+            return Err(invalid(
+                "election.loss_floor_ms",
+                "must not be above election.feed_timeout_ms (set it equal to use a fixed timeout)",
+            ));
+        }
+        for (key, v) in [
+            ("election.loss_k", e.loss_k),
+            ("election.loss_gap_factor", e.loss_gap_factor),
+        ] {
+            if !(1..=64).contains(&v) {
+                return Err(invalid(key, "must be between 1 and 64"));
+            }
+        }
+        if !(1_000..=3_600_000).contains(&e.loss_memory_ms) {
+            return Err(invalid(
+                "election.loss_memory_ms",
+                "must be between 1000 and 3600000",
+            ));
+        }
+        if e.loss_warmup_ms > 600_000 {
+            return Err(invalid("election.loss_warmup_ms", "must be at most 600000"));
         }
         if e.min_bitrate_kbps > 0 && e.bitrate_window_ms == 0 {
             return Err(invalid(
@@ -1231,6 +1276,52 @@ mod tests {
         let e =
             Config::load_from(None, env(&[("PRIMACY_SRT__UDP_BUFFER_BYTES", "4096")])).unwrap_err();
         assert!(e.to_string().contains("srt.udp_buffer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn loss_window_keys_are_validated() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.election.loss_floor_ms, 150);
+        assert_eq!(c.election.loss_k, 4);
+        assert_eq!(c.election.loss_gap_factor, 3);
+        assert_eq!(c.election.loss_memory_ms, 30_000);
+        assert_eq!(c.election.loss_warmup_ms, 2_000);
+        for (var, bad, key) in [
+            (
+                "PRIMACY_ELECTION__LOSS_FLOOR_MS",
+                "10",
+                "election.loss_floor_ms",
+            ),
+            (
+                "PRIMACY_ELECTION__LOSS_FLOOR_MS",
+                "2000",
+                "election.loss_floor_ms",
+            ),
+            ("PRIMACY_ELECTION__LOSS_K", "0", "election.loss_k"),
+            (
+                "PRIMACY_ELECTION__LOSS_GAP_FACTOR",
+                "65",
+                "election.loss_gap_factor",
+            ),
+            (
+                "PRIMACY_ELECTION__LOSS_MEMORY_MS",
+                "10",
+                "election.loss_memory_ms",
+            ),
+            (
+                "PRIMACY_ELECTION__LOSS_WARMUP_MS",
+                "600001",
+                "election.loss_warmup_ms",
+            ),
+        ] {
+            let e = Config::load_from(None, env(&[(var, bad)])).unwrap_err();
+            assert!(e.to_string().contains(key), "{var}={bad}: {e}");
+        }
+        // A fixed timeout: the floor equal to feed_timeout_ms.
+        let c =
+            Config::load_from(None, env(&[("PRIMACY_ELECTION__LOSS_FLOOR_MS", "1500")])).unwrap();
+        assert_eq!(c.election.loss_floor_ms, 1_500);
+        assert!(c.redacted_toml().contains("loss_gap_factor = 3"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub players: IntGauge,
     pub active_priority: GaugeVec,
     pub switches: IntCounterVec,
+    pub false_switches: IntCounter,
     pub admission_refusals: IntCounterVec,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
@@ -54,8 +55,16 @@ impl Metrics {
         )
         .expect("metric");
         let switches = IntCounterVec::new(
-            Opts::new("switches_total", "Primary switches by reason and kind"),
-            &["reason", "planned"],
+            Opts::new(
+                "switches_total",
+                "Primary switches by reason, kind and cause (silent, timeout, closed, failback, ...)",
+            ),
+            &["reason", "planned", "cause"],
+        )
+        .expect("metric");
+        let false_switches = IntCounter::new(
+            "false_switches_total",
+            "Switches away from a primary declared lost that sent media again within the failback hold",
         )
         .expect("metric");
         let admission_refusals = IntCounterVec::new(
@@ -229,6 +238,7 @@ impl Metrics {
             Box::new(players.clone()),
             Box::new(active_priority.clone()),
             Box::new(switches.clone()),
+            Box::new(false_switches.clone()),
             Box::new(admission_refusals.clone()),
             Box::new(bytes_in.clone()),
             Box::new(bytes_out.clone()),
@@ -253,6 +263,7 @@ impl Metrics {
             players,
             active_priority,
             switches,
+            false_switches,
             admission_refusals,
             bytes_in,
             bytes_out,

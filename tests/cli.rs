@@ -450,6 +450,17 @@ fn config_is_printed_redacted() {
     // The output is TOML.
     let parsed: toml::Table = out.parse().expect("TOML");
     assert_eq!(parsed["region"].as_str(), Some("eu-west"));
+    // The loss window's keys, with their defaults.
+    let election = parsed["election"].as_table().expect("[election]");
+    for (key, v) in [
+        ("loss_floor_ms", 150),
+        ("loss_k", 4),
+        ("loss_gap_factor", 3),
+        ("loss_memory_ms", 30_000),
+        ("loss_warmup_ms", 2_000),
+    ] {
+        assert_eq!(election[key].as_integer(), Some(v), "{key}:\n{out}");
+    }
 
     // CLI-only variables are not configuration.
     ok(
@@ -462,6 +473,8 @@ fn config_is_printed_redacted() {
 fn config_errors_name_the_variable() {
     let err = fails(&["config"], &[("PRIMACY_ELECTION__FLAP_COUNT", "x")]);
     assert!(err.contains("PRIMACY_ELECTION__FLAP_COUNT"), "{err}");
+    let err = fails(&["config"], &[("PRIMACY_ELECTION__LOSS_FLOOR_MS", "5")]);
+    assert!(err.contains("election.loss_floor_ms"), "{err}");
     let err = fails(&["config"], &[("PRIMACY_BOGUS", "1")]);
     assert!(err.contains("PRIMACY_BOGUS"), "{err}");
     let err = fails(&["config"], &[("PRIMACY_ELECTION__FLAP_COUNT", "0")]);

@@ -535,6 +535,7 @@ fn params_from_config_and_default() {
         flap_count: 4,
         flap_window_ms: 10_000,
         flap_hold_ms: 7_000,
+        ..Default::default()
     };
     let p = ElectionParams::from_config(&c);
     assert_eq!(p.failback_hold, Duration::from_millis(500));

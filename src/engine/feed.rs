@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use rml_rtmp::sessions::StreamMetadata;
 use tokio::sync::mpsc;
 
+use super::loss::{LossEstimator, LossParams};
 use super::{FeedControl, FeedMeta};
 use crate::media::{CodecConfig, Frame, FrameIntervalEstimator, GopCache, Track};
 
@@ -79,6 +80,8 @@ pub(super) struct FeedSlot {
     pub gop: GopCache,
     pub interval: FrameIntervalEstimator,
     pub last_media: Option<Instant>,
+    /// The learned loss window (`None`: no media timeout configured).
+    pub loss: Option<LossEstimator>,
     pub healthy: bool,
     pub draining: bool,
     /// Disconnect this feed once it is off the air (planned switch done).
@@ -99,6 +102,7 @@ impl FeedSlot {
         meta: FeedMeta,
         control: mpsc::Sender<FeedControl>,
         gop_max: usize,
+        loss: Option<LossParams>,
     ) -> Self {
         Self {
             meta,
@@ -112,6 +116,7 @@ impl FeedSlot {
             gop: GopCache::new(gop_max),
             interval: FrameIntervalEstimator::new(),
             last_media: None,
+            loss: loss.map(LossEstimator::new),
             healthy: false,
             draining: false,
             disconnect_after_cut: None,
@@ -132,6 +137,9 @@ impl FeedSlot {
         let second = now.duration_since(self.joined).as_secs();
         self.frames += 1;
         self.last_media = Some(now);
+        if let Some(l) = self.loss.as_mut() {
+            l.observe(now);
+        }
         self.last_dts = Some(frame.dts);
         match frame.track {
             Track::Video => {

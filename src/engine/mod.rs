@@ -7,8 +7,10 @@
 //! players receive FLV tag bodies muxed once per source and shared (`Bytes`)
 //! by every player of that source.
 
+mod cause;
 mod feed;
 mod feed_players;
+pub mod loss;
 mod player;
 mod remote;
 mod source;
@@ -395,7 +397,9 @@ pub struct EngineSettings {
     pub node: String,
     pub region: String,
     pub election: crate::election::ElectionParams,
-    pub feed_timeout: Option<Duration>,
+    /// Loss of signal (`None`: `election.feed_timeout_ms` is 0, no media
+    /// timeout at all).
+    pub loss: Option<loss::LossParams>,
     pub failover_next_keyframe: bool,
     /// Longest added latency a planned switch may take to cut at once at the
     /// new primary's cached keyframe (0: always wait for the next keyframe).
@@ -414,8 +418,14 @@ impl EngineSettings {
             node: c.node_id.clone(),
             region: c.region.clone(),
             election: crate::election::ElectionParams::from_config(&c.election),
-            feed_timeout: (c.election.feed_timeout_ms > 0)
-                .then(|| Duration::from_millis(c.election.feed_timeout_ms)),
+            loss: (c.election.feed_timeout_ms > 0).then(|| loss::LossParams {
+                floor: Duration::from_millis(c.election.loss_floor_ms),
+                k: c.election.loss_k,
+                gap_factor: c.election.loss_gap_factor,
+                memory: Duration::from_millis(c.election.loss_memory_ms),
+                warmup: Duration::from_millis(c.election.loss_warmup_ms),
+                timeout: Duration::from_millis(c.election.feed_timeout_ms),
+            }),
             failover_next_keyframe: c.switch.failover_switch
                 == crate::config::FailoverSwitch::NextKeyframe,
             planned_max_added_latency_ms: i64::try_from(c.switch.planned_max_added_latency_ms)
@@ -429,7 +439,9 @@ impl EngineSettings {
     }
 }
 
-/// How often timers (feed timeouts, holds, deadlines) are checked.
+/// How often timers (loss windows, feed timeouts, holds, deadlines) are
+/// checked: fine enough for a loss window of 150 ms to fail over within
+/// about one more tick.
 const TICK: Duration = Duration::from_millis(10);
 
 /// Start the engine task; it stops when `cancel` fires and every handle is gone.

@@ -16,8 +16,10 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
+use super::cause::SwitchCause;
 use super::feed::{FeedSlot, Origin};
 use super::feed_players::FeedPlayers;
+use super::loss::Silence;
 use super::player::{Player, PlayerFormat, PlayerItem, Sent};
 use super::remote::LocalFeed;
 use super::view::{FeedView, SourceView, SwitchRecord};
@@ -44,6 +46,7 @@ struct Pending {
     deadline: Option<Instant>,
     planned: bool,
     reason: SwitchReason,
+    cause: SwitchCause,
     /// When the election decided (the cut may come later, at a keyframe).
     decided: chrono::DateTime<Utc>,
 }
@@ -70,6 +73,12 @@ pub(super) struct Source {
     last_emit: Option<Instant>,
     last_switch: Option<SwitchRecord>,
     switches: u64,
+    /// What the engine is handling while the election decides (a feed
+    /// silent, closed, reprioritized): the cause of a switch it decides.
+    cause: Option<SwitchCause>,
+    /// The feed last switched away from because it was silent, and when:
+    /// media from it again within the failback hold is a false switch.
+    lost_primary: Option<(FeedId, Instant)>,
 }
 
 /// An output frame as an FLV player item.
@@ -116,6 +125,8 @@ impl Source {
             last_emit: None,
             last_switch: None,
             switches: 0,
+            cause: None,
+            lost_primary: None,
         }
     }
 
@@ -148,7 +159,13 @@ impl Source {
             priority = ?priority.0, pinned = meta.pinned, peer = %meta.peer, "feed joined");
         self.feeds.insert(
             id,
-            FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes),
+            FeedSlot::new(
+                now,
+                meta,
+                control,
+                self.settings.gop_cache_max_bytes,
+                self.settings.loss,
+            ),
         );
         self.metrics.feeds.inc();
         self.settings.changes.notify_one();
@@ -170,9 +187,24 @@ impl Source {
             self.settings.changes.notify_one();
             tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %feed, "feed left");
         }
-        let d = self.election.handle_input(now, Input::Left { feed });
-        self.apply(now, d);
-        self.on_air_lost(now, feed);
+        self.with_cause(SwitchCause::Closed, |s| {
+            let d = s.election.handle_input(now, Input::Left { feed });
+            s.apply(now, d);
+            s.on_air_lost(now, feed);
+        });
+    }
+
+    /// Run `f` with `cause` as what the engine is handling (the cause of
+    /// any switch the election decides meanwhile).
+    pub(super) fn with_cause<T>(
+        &mut self,
+        cause: SwitchCause,
+        f: impl FnOnce(&mut Self) -> T,
+    ) -> T {
+        let before = self.cause.replace(cause);
+        let r = f(self);
+        self.cause = before;
+        r
     }
 
     /// The feed on air left or timed out while a planned switch away from
@@ -190,11 +222,16 @@ impl Source {
                 planned: false,
                 reason: SwitchReason::PrimaryLost,
             };
+            // Lost before the planned switch completed: the cause is the
+            // loss (the caller's), not the reason of the planned switch.
             self.apply(now, vec![d]);
         }
     }
 
     pub fn feed_media(&mut self, now: Instant, id: FeedId, media: FeedMedia) {
+        if matches!(media, FeedMedia::Frame(_)) && self.lost_primary.is_some_and(|(f, _)| f == id) {
+            self.note_comeback(now, id);
+        }
         let on_air = self.on_air.as_ref().map(|o| o.feed) == Some(id);
         let Some(slot) = self.feeds.get_mut(&id) else {
             return;
@@ -262,7 +299,7 @@ impl Source {
                 }
                 if cut_point && self.pending.as_ref().is_some_and(|p| p.to == id) {
                     let p = self.pending.take().expect("checked");
-                    self.cut(now, id, p.from, p.planned, p.reason, p.decided);
+                    self.cut(now, id, p.from, p.planned, (p.reason, p.cause), p.decided);
                     return;
                 }
                 if self.on_air.as_ref().map(|o| o.feed) == Some(id) {
@@ -290,6 +327,7 @@ impl Source {
                     planned,
                     reason,
                 } => {
+                    let cause = SwitchCause::of(reason, self.cause);
                     if self.on_air.as_ref().is_some_and(|o| o.feed == to) {
                         // Back to the feed still on air (the target of a
                         // pending planned switch left or failed before its
@@ -302,8 +340,10 @@ impl Source {
                         .with_label_values(&[
                             reason_str(reason),
                             if planned { "true" } else { "false" },
+                            cause.label(),
                         ])
                         .inc();
+                    self.lost_primary = from.filter(|_| cause.is_silence()).map(|f| (f, now));
                     // Something to cut to: a keyframe, or audio of an audio-only
                     // feed (a remote feed without a mirror has neither).
                     let has_cache = self.feeds.get(&to).is_some_and(|f| {
@@ -322,6 +362,7 @@ impl Source {
                             deadline: None,
                             planned,
                             reason,
+                            cause,
                             decided: Utc::now(),
                         });
                     } else if planned
@@ -336,13 +377,14 @@ impl Source {
                             deadline: Some(now + self.settings.switch_deadline),
                             planned: true,
                             reason,
+                            cause,
                             decided: Utc::now(),
                         });
                     } else if has_cache
                         && (!self.settings.failover_next_keyframe || reason == SwitchReason::First)
                     {
                         self.pending = None;
-                        self.cut(now, to, from, planned, reason, Utc::now());
+                        self.cut(now, to, from, planned, (reason, cause), Utc::now());
                     } else {
                         // Freeze until the new feed's next keyframe.
                         self.off_air(now, from);
@@ -352,6 +394,7 @@ impl Source {
                             deadline: None,
                             planned,
                             reason,
+                            cause,
                             decided: Utc::now(),
                         });
                     }
@@ -360,8 +403,20 @@ impl Source {
                     self.pending = None;
                     self.off_air(now, Some(from));
                     self.vacant_since = Some(now);
-                    self.record(Some(from), None, "vacant", false, None, None, Utc::now());
-                    tracing::warn!(stream = %self.key.stream, source = %self.key.source, "source vacant: no eligible feed");
+                    let detail = self
+                        .cause
+                        .map_or_else(|| "vacant".to_owned(), SwitchCause::detail);
+                    tracing::warn!(stream = %self.key.stream, source = %self.key.source, from = %from,
+                        detail = %detail, "source vacant: no eligible feed");
+                    self.record(
+                        Some(from),
+                        None,
+                        ("vacant", detail),
+                        false,
+                        None,
+                        None,
+                        Utc::now(),
+                    );
                 }
             }
         }
@@ -409,7 +464,7 @@ impl Source {
         to: FeedId,
         from: Option<FeedId>,
         planned: bool,
-        reason: SwitchReason,
+        (reason, cause): (SwitchReason, SwitchCause),
         decided: chrono::DateTime<Utc>,
     ) {
         let Some(slot) = self.feeds.get(&to) else {
@@ -432,6 +487,7 @@ impl Source {
                 deadline: None,
                 planned,
                 reason,
+                cause,
                 decided,
             });
             return;
@@ -467,17 +523,19 @@ impl Source {
             .with_label_values(&[self.key.stream.as_str(), self.key.source.as_str()])
             .set(f64::from(priority.rank()));
         let added = added_latency;
+        let detail = cause.detail();
+        tracing::info!(stream = %self.key.stream, source = %self.key.source, from = ?old.map(|f| f.to_string()),
+            to = %to, reason = reason_str(reason), detail = %detail, planned, gap_ms = ?gap_ms,
+            cached_frames = frames.len(), "switched");
         self.record(
             old,
             Some(to),
-            reason_str(reason),
+            (reason_str(reason), detail),
             planned,
             gap_ms,
             added,
             decided,
         );
-        tracing::info!(stream = %self.key.stream, source = %self.key.source, from = ?old.map(|f| f.to_string()),
-            to = %to, reason = reason_str(reason), planned, gap_ms = ?gap_ms, cached_frames = frames.len(), "switched");
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -485,7 +543,7 @@ impl Source {
         &mut self,
         from: Option<FeedId>,
         to: Option<FeedId>,
-        reason: &str,
+        (reason, detail): (&str, String),
         planned: bool,
         gap_ms: Option<f64>,
         added_latency_ms: Option<i64>,
@@ -498,6 +556,7 @@ impl Source {
             from: from.map(|f| f.0),
             to: to.map(|f| f.0),
             reason: reason.to_owned(),
+            detail,
             planned,
             gap_ms,
             added_latency_ms,
@@ -724,27 +783,65 @@ impl Source {
     }
 
     pub fn on_tick(&mut self, now: Instant) {
-        // Feeds without media for feed_timeout lose eligibility.
-        if let Some(timeout) = self.settings.feed_timeout {
-            let stale: Vec<FeedId> = self
-                .feeds
+        // Feeds silent for their loss window lose eligibility.
+        let mut lost: Vec<(FeedId, Silence)> = self
+            .feeds
+            .iter()
+            .filter(|(_, f)| f.healthy && !f.is_remote())
+            .filter_map(|(id, f)| Some((*id, f.loss.as_ref()?.lost(now)?)))
+            .collect();
+        if lost.iter().any(|(_, s)| !s.at_timeout) {
+            // A learned window (short of feed_timeout) only counts while
+            // another feed of the source is alive: available, and (a local
+            // one) with media more recent than that window. When every
+            // feed falls silent at once, this process or its host stalled
+            // (or there is nothing to switch to): feed_timeout decides
+            // then, so a stall does not switch or vacate the source.
+            let available: Vec<FeedId> = self
+                .election
+                .feeds()
                 .iter()
-                .filter(|(_, f)| {
-                    f.healthy
-                        && !f.is_remote()
-                        && f.last_media
-                            .is_some_and(|t| now.duration_since(t) >= timeout)
-                })
-                .map(|(id, _)| *id)
+                .filter(|s| s.healthy && !s.draining)
+                .map(|s| s.feed)
                 .collect();
-            for id in stale {
-                if let Some(f) = self.feeds.get_mut(&id) {
-                    f.mark_unhealthy();
-                }
-                tracing::warn!(stream = %self.key.stream, source = %self.key.source, feed = %id, "feed timed out: no media");
-                self.health_changed(now, id, false);
-                self.on_air_lost(now, id);
+            let feeds = &self.feeds;
+            lost.retain(|(id, s)| {
+                s.at_timeout
+                    || available.iter().any(|other| {
+                        other != id
+                            && feeds.get(other).is_some_and(|f| {
+                                f.is_remote()
+                                    || f.loss
+                                        .as_ref()
+                                        .and_then(|l| l.silent_for(now))
+                                        .is_some_and(|q| q < s.window)
+                            })
+                    })
+            });
+        }
+        for (id, silence) in lost {
+            if let Some(f) = self.feeds.get_mut(&id) {
+                f.mark_unhealthy();
             }
+            let silent_ms = silence.silent.as_millis() as u64;
+            let window_ms = silence.window.as_millis() as u64;
+            let cause = if silence.at_timeout {
+                SwitchCause::Timeout
+            } else {
+                SwitchCause::Silent { silent_ms }
+            };
+            tracing::warn!(stream = %self.key.stream, source = %self.key.source, feed = %id,
+                silent_ms, window_ms, detail = %cause.detail(), "feed lost: no media for its loss window");
+            self.with_cause(cause, |s| {
+                s.health_changed(now, id, false);
+                s.on_air_lost(now, id);
+            });
+        }
+        if self
+            .lost_primary
+            .is_some_and(|(_, at)| now.duration_since(at) > self.election.params().failback_hold)
+        {
+            self.lost_primary = None;
         }
         if self.election.poll_timeout().is_some_and(|t| t <= now) {
             self.settings.changes.notify_one();
@@ -761,7 +858,7 @@ impl Source {
                     // not delivered): the old feed goes now, players wait.
                     self.off_air(now, p.from);
                 }
-                self.cut(now, p.to, p.from, false, p.reason, p.decided);
+                self.cut(now, p.to, p.from, false, (p.reason, p.cause), p.decided);
             }
         }
         // Players of a source vacant for too long are let go.
@@ -778,6 +875,25 @@ impl Source {
                 self.metrics.players.sub(n as i64);
                 self.vacant_since = None;
             }
+        }
+    }
+
+    /// Media from a feed again: if the air was just taken from it for its
+    /// silence (within the failback hold), that switch was false.
+    fn note_comeback(&mut self, now: Instant, feed: FeedId) {
+        let Some((lost, at)) = self.lost_primary else {
+            return;
+        };
+        if lost != feed {
+            return;
+        }
+        self.lost_primary = None;
+        let after = now.duration_since(at);
+        if after <= self.election.params().failback_hold {
+            self.metrics.false_switches.inc();
+            tracing::warn!(stream = %self.key.stream, source = %self.key.source, feed = %feed,
+                after_ms = after.as_millis() as u64,
+                "false switch: the primary declared lost sent media again within the failback hold");
         }
     }
 
@@ -834,6 +950,7 @@ impl Source {
             keyframes: slot.keyframes,
             keyframe_interval_ms: slot.keyframe_interval_ms,
             frame_interval_ms: slot.interval.interval_ms(),
+            loss_window_ms: slot.loss.as_ref().map(|l| l.window(now).as_millis() as u64),
             srt: slot.srt.clone(),
             relay: slot
                 .origin
@@ -920,7 +1037,8 @@ impl Source {
                 // Nobody controls a remote feed from here: its control
                 // channel has no receiver.
                 let (control, _) = mpsc::channel(1);
-                let mut slot = FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes);
+                let mut slot =
+                    FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes, None);
                 inputs.push(Input::Joined { feed: id, priority });
                 if origin.draining {
                     inputs.push(Input::Drain { feed: id });
@@ -934,8 +1052,15 @@ impl Source {
             }
         }
         for input in inputs {
-            let d = self.election.handle_input(now, input);
-            self.apply(now, d);
+            let cause = match input {
+                Input::PriorityChanged { .. } => SwitchCause::Reprioritized,
+                Input::Drain { .. } => SwitchCause::Drained,
+                _ => SwitchCause::Unavailable,
+            };
+            self.with_cause(cause, |s| {
+                let d = s.election.handle_input(now, input);
+                s.apply(now, d);
+            });
         }
     }
 
@@ -955,10 +1080,12 @@ impl Source {
             slot.mark_unhealthy();
         }
         if before != after {
-            let d = self
-                .election
-                .handle_input(now, Input::Remote { feed, since: after });
-            self.apply(now, d);
+            self.with_cause(SwitchCause::Unavailable, |s| {
+                let d = s
+                    .election
+                    .handle_input(now, Input::Remote { feed, since: after });
+                s.apply(now, d);
+            });
         }
     }
 

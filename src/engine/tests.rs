@@ -32,6 +32,7 @@ const B: u8 = b'B';
 const C: u8 = b'C';
 /// Feed A again after a reconnect: a new connection, a new feed id.
 const A2: u8 = b'a';
+mod loss;
 mod remote;
 mod tokens;
 
@@ -48,7 +49,7 @@ fn settings() -> EngineSettings {
             flap_window: Duration::from_secs(60),
             flap_hold: Duration::from_secs(30),
         },
-        feed_timeout: Some(Duration::from_millis(1500)),
+        loss: Some(super::loss::LossParams::default()),
         failover_next_keyframe: false,
         planned_max_added_latency_ms: 0,
         switch_deadline: Duration::from_secs(3),
@@ -772,9 +773,27 @@ fn first_feed_goes_on_air_at_its_first_keyframe_with_header_first() {
 // ---------------------------------------------------------------------------
 // 2. Unplanned failover
 
+/// A fixed media timeout of 1.5 s (the loss window's floor at
+/// `feed_timeout`), as before loss windows were learned.
+fn fixed_timeout() -> EngineSettings {
+    let timeout = Duration::from_millis(1500);
+    EngineSettings {
+        loss: Some(super::loss::LossParams {
+            floor: timeout,
+            timeout,
+            ..Default::default()
+        }),
+        ..settings()
+    }
+}
+
 /// A (100) on air from t = 0, B (50) flowing from t = 500 on its own clock.
 fn two_feeds() -> (H, mpsc::Receiver<PlayerItem>) {
-    let mut h = H::new();
+    two_feeds_with(settings())
+}
+
+fn two_feeds_with(settings: EngineSettings) -> (H, mpsc::Receiver<PlayerItem>) {
+    let mut h = H::with_settings(settings);
     let player = h.player(1024);
     h.join(Spec {
         gop: 60,
@@ -905,7 +924,7 @@ fn primary_lost_mid_gop_cuts_to_the_backups_cached_gop() {
 
 #[test]
 fn primary_without_media_for_feed_timeout_fails_over() {
-    let (mut h, mut p) = two_feeds();
+    let (mut h, mut p) = two_feeds_with(fixed_timeout());
     h.run_to(2000);
     h.feed_mut(A).sending = false;
     let last_a = h.feed(A).last_sent_ms.expect("A sent");
@@ -925,6 +944,7 @@ fn primary_without_media_for_feed_timeout_fails_over() {
     );
     let sw = h.view().last_switch.expect("switch");
     assert_eq!(sw.reason, "primary_lost");
+    assert_eq!(sw.detail, "lost: timeout");
     assert!(!sw.planned);
     let gap = sw.gap_ms.expect("gap");
     assert!((1500.0..1510.0).contains(&gap), "gap {gap}");
@@ -1701,7 +1721,7 @@ fn primary_leaving_while_a_planned_switch_waits_cuts_at_once() {
 
 #[test]
 fn primary_timing_out_while_a_planned_switch_waits_cuts_at_once() {
-    let mut h = H::new();
+    let mut h = H::with_settings(fixed_timeout());
     let mut p = h.player(1024);
     h.join(spec(B, 50));
     h.run_to(1000);

@@ -45,6 +45,12 @@ pub struct FeedView {
     pub keyframe_interval_ms: Option<i64>,
     /// Estimated video frame interval.
     pub frame_interval_ms: i64,
+    /// How long this feed may be silent before it is declared lost: learned
+    /// from its cadence, between `election.loss_floor_ms` and
+    /// `election.feed_timeout_ms` (`null`: a feed of another node, or no
+    /// media timeout configured).
+    #[serde(default)]
+    pub loss_window_ms: Option<u64>,
     /// SRT connection statistics (SRT feeds only).
     pub srt: Option<SrtFeedStats>,
     /// A feed of another node: the state of its local mirror
@@ -76,6 +82,12 @@ pub struct SwitchRecord {
     pub to: Option<Uuid>,
     /// `first`, `primary_lost`, `better`, `draining` or `vacant`.
     pub reason: String,
+    /// What caused it: `first`, `lost: silent N ms` (silent for its loss
+    /// window), `lost: timeout` (silent for `feed_timeout_ms`),
+    /// `lost: closed`, `lost: unavailable` (a feed of another node),
+    /// `failback`, `reprioritized` or `drained`.
+    #[serde(default)]
+    pub detail: String,
     pub planned: bool,
     /// Wall-clock time between the old primary's last relayed frame and
     /// the new primary's first (unplanned switches; planned ones have none).

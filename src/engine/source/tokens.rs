@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use super::Source;
 use crate::domain::{FeedGrant, FeedId, Priority, TokenId};
 use crate::election::Input;
+use crate::engine::cause::SwitchCause;
 use crate::engine::view::{FeedView, ReprioritizeReport};
 use crate::engine::{Recheck, RevokedFeed, SourceKey};
 
@@ -75,8 +76,10 @@ impl Source {
                     }
                 }
                 self.settings.changes.notify_one();
-                let d = self.election.handle_input(now, Input::Drain { feed: id });
-                self.apply(now, d);
+                self.with_cause(SwitchCause::Reprioritized, |s| {
+                    let d = s.election.handle_input(now, Input::Drain { feed: id });
+                    s.apply(now, d);
+                });
             } else {
                 self.settings.changes.notify_one();
                 if let Some(slot) = self.feeds.get_mut(&id) {
@@ -85,14 +88,16 @@ impl Source {
                         g.token_priority = Priority(priority);
                     }
                 }
-                let d = self.election.handle_input(
-                    now,
-                    Input::PriorityChanged {
-                        feed: id,
-                        priority: Priority(priority),
-                    },
-                );
-                self.apply(now, d);
+                self.with_cause(SwitchCause::Reprioritized, |s| {
+                    let d = s.election.handle_input(
+                        now,
+                        Input::PriorityChanged {
+                            feed: id,
+                            priority: Priority(priority),
+                        },
+                    );
+                    s.apply(now, d);
+                });
             }
         }
     }
@@ -113,10 +118,12 @@ impl Source {
             "feed priority follows its token");
         slot.meta.priority = priority;
         self.settings.changes.notify_one();
-        let d = self
-            .election
-            .handle_input(now, Input::PriorityChanged { feed: id, priority });
-        self.apply(now, d);
+        self.with_cause(SwitchCause::Reprioritized, |s| {
+            let d = s
+                .election
+                .handle_input(now, Input::PriorityChanged { feed: id, priority });
+            s.apply(now, d);
+        });
     }
 
     /// Disconnect one local feed at once (unplanned if it is on air).
