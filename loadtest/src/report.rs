@@ -17,9 +17,14 @@ pub const TARGETS: &[(&str, &str, &str)] = &[
         "≤ 1 frame interval + 50 ms (83 ms at 30 fps), p99; no timestamp regression",
     ),
     (
-        "stall",
-        "player-visible freeze, primary stalls (TCP open, no data)",
-        "≤ feed_timeout + 83 ms",
+        "silent",
+        "player-visible freeze, primary dies without a goodbye (SRT encoder killed, encoder stalled with its connection open, link blackholed)",
+        "≤ 250 ms p99 at default settings (the loss window)",
+    ),
+    (
+        "false_switches",
+        "false switches on impaired but live links",
+        "0",
     ),
     (
         "planned",

@@ -182,7 +182,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
         ] {
             let s = Summary::of(gaps);
             r.figures.push(Figure::judged(
-                what,
+                "silent",
                 format!("freeze, primary {how}, {p} ({} times)", s.n),
                 s.brief("ms"),
                 s.p99.map(|p99| p99 <= SILENT_TARGET_MS),
@@ -379,7 +379,10 @@ fn round(
     };
     for &(fault, times) in faults {
         for _ in 0..times {
-            sleep_ms(800 + rand::random_range(0..1000)); // a random phase in the GOP
+            // Past the primary's loss warm-up (2 s from its first frame;
+            // until then only feed_timeout applies), at a random phase in
+            // the GOP.
+            sleep_ms(2_200 + rand::random_range(0..1000));
             let t = now_ms();
             match fault {
                 Fault::Kill => {

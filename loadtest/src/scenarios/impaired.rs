@@ -130,7 +130,7 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
     let link_stats: Vec<(Proto, LinkStats)> = links.iter().map(|(p, l)| (*p, l.stats())).collect();
 
     r.figures.push(Figure::judged(
-        "false switches",
+        "false_switches",
         format!(
             "switches in {secs} s with nothing failing ({} sources: RTMP {}, SRT {})",
             streams.len(),
@@ -144,8 +144,8 @@ pub fn run(ctx: &Ctx) -> Result<ScenarioReport> {
         Some(false_switches == 0.0 && off_primary.is_empty()),
     ));
     r.figures.push(Figure::judged(
-        "regressions",
-        "players' timestamp regressions".to_string(),
+        "false_switches",
+        "players' timestamp regressions on those links".to_string(),
         format!("{regressions}"),
         Some(regressions == 0),
     ));
