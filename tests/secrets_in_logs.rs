@@ -230,6 +230,17 @@ fn no_secret_in_logs_answers_or_audit() {
         ),
     );
     assert_eq!(st, 422, "{v}");
+    // A URL where a list was expected: the JSON error does not repeat it.
+    let misplaced = url_secret("misplaced URL");
+    let (st, v) = api(
+        &mut shown,
+        "POST",
+        "/api/v1/pull-inputs",
+        Some(
+            json!({"stream": "pulled3", "urls": format!("rtmp://127.0.0.1:{tcp}/live/{misplaced}")}),
+        ),
+    );
+    assert_eq!(st, 400, "{v}");
     // The CLI, given an API URL with a password.
     let cli_password = url_secret("API URL password");
     let (code, out, err) = run_primacy(
