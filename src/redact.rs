@@ -33,6 +33,9 @@ pub const MAX_UNTRUSTED: usize = 128;
 /// Longest plain part shown; a longer one is masked.
 const MAX_PLAIN: usize = 128;
 
+/// Longest redacted URL or key shown; the rest is cut (`…`).
+pub const MAX_SHOWN: usize = 512;
+
 /// Query and stream-id parameters whose values are never secret.
 const SAFE_PARAMS: &[&str] = &[
     "sourceId",
@@ -49,10 +52,15 @@ const SAFE_PARAMS: &[&str] = &[
 /// never secret: resource (the stream), mode, type, host.
 const SAFE_STREAM_ID_KEYS: &[&str] = &["r", "m", "t", "h", "user_source", "user_priority"];
 
-/// `url` with every part that may be secret masked (see the module doc).
-/// Works on any `scheme://…` string, parsed or not, valid or not; a string
-/// without a plain scheme is masked whole.
+/// `url` with every part that may be secret masked (see the module doc),
+/// at most [`MAX_SHOWN`] characters. Works on any `scheme://…` string,
+/// parsed or not, valid or not; a string without a plain scheme is masked
+/// whole.
 pub fn url(raw: &str) -> String {
+    cap(url_uncapped(raw))
+}
+
+fn url_uncapped(raw: &str) -> String {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return MASK.to_owned();
     };
@@ -127,7 +135,8 @@ pub fn url(raw: &str) -> String {
 }
 
 /// An RTMP stream key or application (`NAME[?QUERY]`) with its query
-/// masked like a URL's; a name that is not plain is masked too.
+/// masked like a URL's; a name that is not plain is masked too. At most
+/// [`MAX_SHOWN`] characters.
 pub fn key(raw: &str) -> String {
     let (name, query) = match raw.split_once('?') {
         Some((n, q)) => (n, Some(q)),
@@ -139,7 +148,16 @@ pub fn key(raw: &str) -> String {
         out.push('?');
         out.push_str(&mask_query(q, '&'));
     }
-    out
+    cap(out)
+}
+
+/// Cut a shown string (ASCII only) at [`MAX_SHOWN`] characters.
+fn cap(mut s: String) -> String {
+    if s.len() > MAX_SHOWN {
+        s.truncate(MAX_SHOWN);
+        s.push('…');
+    }
+    s
 }
 
 /// An SRT stream id as it may be shown: the Access Control form with its

@@ -104,6 +104,9 @@ fn stream_keys() {
     assert_eq!(key("x?token=%zzSECRET"), "x?token=***");
     assert_eq!(key("x?SECRET"), "x?***");
     assert_eq!(key(""), "");
+    let long = key(&format!("x?{}", "a=1&".repeat(1000)));
+    assert_eq!(long.chars().count(), MAX_SHOWN + 1, "{long}");
+    assert!(url(&format!("rtmp://h/a/b?{}", "a=1&".repeat(1000))).ends_with('…'));
 }
 
 #[test]
