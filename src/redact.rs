@@ -48,6 +48,21 @@ const SAFE_PARAMS: &[&str] = &[
     "user_priority",
 ];
 
+/// Query parameters of the REST API (filters and paging): never secret.
+const API_PARAMS: &[&str] = &[
+    "stream",
+    "page",
+    "per_page",
+    "limit",
+    "target",
+    "action",
+    "since",
+    "state",
+    "node",
+    "region",
+    "disconnect",
+];
+
 /// Keys of an SRT Access Control stream id (`#!::k=v,…`) whose values are
 /// never secret: resource (the stream), mode, type, host.
 const SAFE_STREAM_ID_KEYS: &[&str] = &["r", "m", "t", "h", "user_source", "user_priority"];
@@ -126,7 +141,7 @@ fn url_uncapped(raw: &str) -> String {
     if let Some(query) = rest.strip_prefix('?') {
         // The query runs to the end: in SRT URLs `#` is part of a stream id.
         out.push('?');
-        out.push_str(&mask_query(query, '&'));
+        out.push_str(&mask_query(query, '&', SAFE_PARAMS));
     } else if rest.starts_with('#') {
         out.push('#');
         out.push_str(MASK);
@@ -138,6 +153,17 @@ fn url_uncapped(raw: &str) -> String {
 /// masked like a URL's; a name that is not plain is masked too. At most
 /// [`MAX_SHOWN`] characters.
 pub fn key(raw: &str) -> String {
+    path_and_query(raw, SAFE_PARAMS)
+}
+
+/// The target of an HTTP request (`/api/v1/tokens?stream=x&page=2`) for
+/// the access log: the path when plain, the values of the API's own
+/// filter and paging parameters, every other value masked.
+pub fn request_target(raw: &str) -> String {
+    path_and_query(raw, API_PARAMS)
+}
+
+fn path_and_query(raw: &str, safe: &[&str]) -> String {
     let (name, query) = match raw.split_once('?') {
         Some((n, q)) => (n, Some(q)),
         None => (raw, None),
@@ -146,7 +172,7 @@ pub fn key(raw: &str) -> String {
     push_plain_or_mask(&mut out, name, true);
     if let Some(q) = query {
         out.push('?');
-        out.push_str(&mask_query(q, '&'));
+        out.push_str(&mask_query(q, '&', safe));
     }
     cap(out)
 }
@@ -205,8 +231,8 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Mask the values of a `k=v` list joined by `sep`, keeping those of
-/// [`SAFE_PARAMS`]; an SRT `streamid` is shown through [`stream_id`].
-fn mask_query(query: &str, sep: char) -> String {
+/// `safe`; an SRT `streamid` is shown through [`stream_id`].
+fn mask_query(query: &str, sep: char, safe: &[&str]) -> String {
     query
         .split(sep)
         .filter(|p| !p.is_empty())
@@ -215,7 +241,7 @@ fn mask_query(query: &str, sep: char) -> String {
                 Some(id) => format!("{k}={}", stream_id(&id)),
                 None => format!("{k}={MASK}"),
             },
-            _ => mask_field(p, SAFE_PARAMS),
+            _ => mask_field(p, safe),
         })
         .collect::<Vec<_>>()
         .join(&sep.to_string())

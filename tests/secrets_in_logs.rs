@@ -241,6 +241,14 @@ fn no_secret_in_logs_answers_or_audit() {
         ),
     );
     assert_eq!(st, 400, "{v}");
+    // A token pasted into an API query: the access log does not keep it.
+    let (st, v) = api(
+        &mut shown,
+        "GET",
+        &format!("/api/v1/tokens?stream=live1&token={rtmp_token}"),
+        None,
+    );
+    assert_eq!(st, 400, "{v}");
     // The CLI, given an API URL with a password.
     let cli_password = url_secret("API URL password");
     let (code, out, err) = run_primacy(
@@ -304,6 +312,10 @@ fn no_secret_in_logs_answers_or_audit() {
         "no line about the odd application:\n{log}"
     );
     assert!(log.contains("publish refused"), "{log}");
+    assert!(
+        log.contains("\"GET /api/v1/tokens?stream=live1&token=*** HTTP/1.1\""),
+        "no access log line for the query with a token:\n{log}"
+    );
     let answers = &shown.0["API answers"];
     assert!(answers.contains("***"), "nothing masked in the answers?");
 

@@ -110,6 +110,19 @@ fn stream_keys() {
 }
 
 #[test]
+fn request_targets() {
+    assert_eq!(
+        request_target("/api/v1/tokens?stream=match1&page=2&token=T"),
+        "/api/v1/tokens?stream=match1&page=2&token=***"
+    );
+    assert_eq!(
+        request_target("/api/v1/streams/ev/cam1"),
+        "/api/v1/streams/ev/cam1"
+    );
+    assert_eq!(request_target("/api/v1/x%0aforged"), "***");
+}
+
+#[test]
 fn stream_ids() {
     assert_eq!(stream_id("match1"), "***");
     assert_eq!(stream_id("#!::r=a,m=request"), "#!::r=a,m=request");
