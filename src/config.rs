@@ -1085,49 +1085,19 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut value = toml::Table::try_from(self).expect("config serializes");
         if let Some(db) = value.get_mut("database").and_then(|v| v.as_table_mut()) {
-            db.insert("url".into(), redact_url(self.database.url.expose()).into());
+            db.insert(
+                "url".into(),
+                crate::redact::url(self.database.url.expose()).into(),
+            );
         }
         if let (Some(redis), Some(url)) = (
             value.get_mut("redis").and_then(|v| v.as_table_mut()),
             &self.redis.url,
         ) {
-            redis.insert("url".into(), redact_url(url.expose()).into());
+            redis.insert("url".into(), crate::redact::url(url.expose()).into());
         }
         toml::to_string_pretty(&value).expect("config serializes")
     }
-}
-
-/// `scheme://user:password@host/db` → `scheme://user:<redacted>@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<redacted>".into();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let tail = redact_query_password(tail);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
-            None => format!("{scheme}://{userinfo}@{host}{tail}"),
-        },
-        None => format!("{scheme}://{authority}{tail}"),
-    }
-}
-
-fn redact_query_password(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<redacted>"),
-            _ => kv.to_owned(),
-        })
-        .collect();
-    format!("{path}?{}", query.join("&"))
 }
 
 /// Set `a.b.c` in `table` from an environment string, typed like the default
@@ -1532,11 +1502,11 @@ mod tests {
     #[test]
     fn redaction() {
         assert_eq!(
-            redact_url("postgres://u:pw@h:5432/db?sslmode=require&password=x"),
-            "postgres://u:<redacted>@h:5432/db?sslmode=require&password=<redacted>"
+            crate::redact::url("postgres://u:pw@h:5432/db?sslmode=require&password=x"),
+            "postgres://u:***@h:5432/db?sslmode=require&password=***"
         );
         assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
+            crate::redact::url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
         let c = Config::load_from(

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod live_tokens;
 pub mod media;
 pub mod metrics;
+pub mod redact;
 pub mod relay;
 pub mod store;
 pub mod supervise;

@@ -531,7 +531,18 @@ impl HttpSettings {
             App::new()
                 .app_data(state.clone())
                 .wrap(
-                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
+                    // The request line with its target redacted: a token
+                    // pasted into a query is not logged.
+                    actix_web::middleware::Logger::new("%a \"%{request}xi\" %s %b %Dms")
+                        .custom_request_replace("request", |req| {
+                            let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+                            format!(
+                                "{} {} {:?}",
+                                req.method(),
+                                crate::redact::request_target(target),
+                                req.version()
+                            )
+                        })
                         .exclude("/api/health"),
                 )
                 .configure(|cfg| api::configure(cfg, max_body))

@@ -88,7 +88,7 @@ impl OwnDb {
     fn create(admin: &str) -> Result<Self> {
         let name = format!("primacy_loadtest_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::establish(admin)
-            .with_context(|| format!("connect to PostgreSQL at {}", redact(admin)))?;
+            .with_context(|| format!("connect to PostgreSQL at {}", primacy::redact::url(admin)))?;
         diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE template0"))
             .execute(&mut conn)
             .context("create the gateway's database")?;
@@ -113,20 +113,6 @@ impl Drop for OwnDb {
     }
 }
 
-/// Hide a password in a database URL for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// A loopback port that `bind` accepts, picked below Linux's ephemeral
 /// range (32768–60999): a port taken from that range could be handed to
 /// one of the load generator's own outgoing connections before the
@@ -148,7 +134,7 @@ pub fn redis_ping(url: &str) -> Result<()> {
     use std::io::{Read, Write};
     let rest = url
         .strip_prefix("redis://")
-        .ok_or_else(|| anyhow!("Redis URL {} is not redis://", redact(url)))?;
+        .ok_or_else(|| anyhow!("Redis URL {} is not redis://", primacy::redact::url(url)))?;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let hostport = rest.split('/').next().unwrap_or(rest);
     let hostport = if hostport.contains(':') {
@@ -650,10 +636,6 @@ mod tests {
         assert_eq!(
             super::via("postgres://h/db", a),
             "postgres://127.0.0.1:6000/db"
-        );
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
         );
     }
 }

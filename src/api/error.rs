@@ -167,17 +167,54 @@ pub fn json_error(
             "unsupported_media_type",
             "request body must be application/json",
         ),
-        E::Deserialize(e) => ApiError::bad_request(format!("malformed JSON body: {e}")),
+        E::Deserialize(e) => ApiError::bad_request(format!(
+            "malformed JSON body: {}",
+            without_strings(&e.to_string())
+        )),
         other => ApiError::bad_request(format!("cannot read the request body: {other}")),
     };
     api.into()
+}
+
+/// serde's message with every string value it quotes (`invalid type:
+/// string "rtmp://h/live/KEY", expected …`) replaced by `a string`: a body
+/// may carry a secret in the wrong place, and answers never repeat one.
+fn without_strings(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        // The value is Debug-quoted: it ends at the first `"` not escaped.
+        let body = &rest[i + "string \"".len()..];
+        let mut escaped = false;
+        let end = body.char_indices().find_map(|(j, c)| match c {
+            _ if escaped => {
+                escaped = false;
+                None
+            }
+            '\\' => {
+                escaped = true;
+                None
+            }
+            '"' => Some(j + 1),
+            _ => None,
+        });
+        rest = &body[end.unwrap_or(body.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn query_error(
     err: actix_web::error::QueryPayloadError,
     _req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request(format!("malformed query string: {err}")).into()
+    ApiError::bad_request(format!(
+        "malformed query string: {}",
+        without_strings(&err.to_string())
+    ))
+    .into()
 }
 
 pub fn path_error(
@@ -185,4 +222,26 @@ pub fn path_error(
     _req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
     ApiError::bad_request(format!("malformed path parameter: {err}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_strings;
+
+    #[test]
+    fn serde_messages_lose_their_string_values() {
+        let e = serde_json::from_str::<Vec<String>>(r#""rtmp://h/live/KEY\"x""#).unwrap_err();
+        let shown = without_strings(&e.to_string());
+        assert!(!shown.contains("KEY"), "{shown}");
+        assert!(
+            shown.starts_with("invalid type: a string, expected a sequence"),
+            "{shown}"
+        );
+        assert_eq!(
+            without_strings(r#"a string "x\\" and string "y" end"#),
+            "a a string and a string end"
+        );
+        assert_eq!(without_strings("no value"), "no value");
+        assert_eq!(without_strings(r#"string "unterminated"#), "a string");
+    }
 }

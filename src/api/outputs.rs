@@ -33,7 +33,7 @@ pub struct Output {
     pub stream: String,
     pub source_id: String,
     /// A balance group of ordered groups: `[[url, ...], ...]`.
-    #[schema(value_type = Vec<Vec<String>>, example = json!([["rtmp://a.example/live/x?key=***", "rtmp://b.example/live/x?key=***"], ["srt://c.example:9000?streamid=x"]]))]
+    #[schema(value_type = Vec<Vec<String>>, example = json!([["rtmp://a.example/live/***", "rtmp://b.example/live/***?key=***"], ["srt://c.example:9000?streamid=***"]]))]
     pub targets: serde_json::Value,
     pub enabled: bool,
     pub reconnect_delay_ms: i64,

@@ -35,7 +35,7 @@ pub struct PullInput {
     #[schema(example = "match1")]
     pub stream: String,
     pub source_id: String,
-    #[schema(example = json!(["rtmp://origin-a.example/live/match1?token=***", "srt://origin-b.example:9000?streamid=match1"]))]
+    #[schema(example = json!(["rtmp://origin-a.example/live/***?token=***", "srt://origin-b.example:9000?streamid=#!::r=match1,m=request,s=***"]))]
     pub urls: Vec<String>,
     /// Election priority of its feed; `null` is the lowest.
     pub priority: Option<i32>,

@@ -17,7 +17,10 @@ impl Client {
     pub fn new(base: &str, key: String) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("--api must be an http:// or https:// URL, got {base:?}");
+            bail!(
+                "--api must be an http:// or https:// URL, got {}",
+                crate::redact::url(&base)
+            );
         }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
@@ -64,7 +67,9 @@ impl Client {
             }
             other => bail!("unsupported method {other}"),
         };
-        let mut resp = result.with_context(|| format!("cannot reach the API at {}", self.base))?;
+        let mut resp = result.with_context(|| {
+            format!("cannot reach the API at {}", crate::redact::url(&self.base))
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()

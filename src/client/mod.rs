@@ -80,9 +80,11 @@ pub enum ClientError {
     Connect(#[source] std::io::Error),
     #[error("RTMP handshake or play/publish request timed out")]
     HandshakeTimeout,
-    #[error("refused by the server: {0}")]
+    /// The server's words, with our own secrets masked when it echoes
+    /// them ([`ClientUrl::mask_in`]); shown escaped and cut.
+    #[error("refused by the server: {}", crate::redact::Untrusted(.0))]
     Refused(String),
-    #[error("protocol error: {0}")]
+    #[error("protocol error: {}", crate::redact::Untrusted(.0))]
     Protocol(String),
     #[error("no media for {0} ms")]
     NoInput(u64),
@@ -94,6 +96,16 @@ pub enum ClientError {
 
 impl ClientError {
     /// A short label for metrics.
+    /// Mask the secrets of `url` in what the server said: a server may
+    /// repeat the key it refused.
+    fn masking(self, url: &ClientUrl) -> Self {
+        match self {
+            ClientError::Refused(text) => ClientError::Refused(url.mask_in(&text)),
+            ClientError::Protocol(text) => ClientError::Protocol(url.mask_in(&text)),
+            other => other,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             ClientError::ConnectTimeout => "connect_timeout",
@@ -167,8 +179,16 @@ pub struct PullSession {
 /// Connect to `url` and start playing it.
 pub async fn pull(url: &ClientUrl, opts: &ClientOptions) -> Result<PullSession, ClientError> {
     let conn = match url {
-        ClientUrl::Rtmp(u) => Conn::Rtmp(Box::new(rtmp::RtmpClient::play(u, opts).await?)),
-        ClientUrl::Srt(u) => Conn::Srt(Box::new(srt::SrtClient::open(u, opts).await?)),
+        ClientUrl::Rtmp(u) => Conn::Rtmp(Box::new(
+            rtmp::RtmpClient::play(u, opts)
+                .await
+                .map_err(|e| e.masking(url))?,
+        )),
+        ClientUrl::Srt(u) => Conn::Srt(Box::new(
+            srt::SrtClient::open(u, opts)
+                .await
+                .map_err(|e| e.masking(url))?,
+        )),
     };
     Ok(PullSession {
         conn,
@@ -217,8 +237,16 @@ pub fn push_format(url: &ClientUrl) -> PlayerFormat {
 /// Connect to `url` and start publishing to it.
 pub async fn push(url: &ClientUrl, opts: &ClientOptions) -> Result<PushSession, ClientError> {
     let conn = match url {
-        ClientUrl::Rtmp(u) => Conn::Rtmp(Box::new(rtmp::RtmpClient::publish(u, opts).await?)),
-        ClientUrl::Srt(u) => Conn::Srt(Box::new(srt::SrtClient::open(u, opts).await?)),
+        ClientUrl::Rtmp(u) => Conn::Rtmp(Box::new(
+            rtmp::RtmpClient::publish(u, opts)
+                .await
+                .map_err(|e| e.masking(url))?,
+        )),
+        ClientUrl::Srt(u) => Conn::Srt(Box::new(
+            srt::SrtClient::open(u, opts)
+                .await
+                .map_err(|e| e.masking(url))?,
+        )),
     };
     Ok(PushSession { conn })
 }

@@ -9,8 +9,9 @@
 //! as in srt-live-transmit (not microseconds as in ffmpeg).
 //!
 //! [`ClientUrl::redacted`] is the only form that goes to logs, metrics,
-//! the audit log and API answers: every query value and stream-id field
-//! that may hold a secret is masked.
+//! the audit log and API answers: it goes through [`crate::redact::url`],
+//! which masks the stream key, plain stream ids, the passphrase and every
+//! query value or stream-id field that may hold a secret.
 
 use std::fmt;
 use std::str::FromStr;
@@ -65,8 +66,12 @@ pub enum UrlError {
     SrtPort,
     #[error("an RTMP URL needs /APP/STREAM after the host")]
     RtmpPath,
+    /// The parameter's name when it is a plain word (it may be a bare
+    /// secret otherwise).
     #[error("invalid SRT parameter {0}")]
     SrtParam(String),
+    #[error("credentials in the URL (user:password@) are not supported; use a token parameter")]
+    Userinfo,
     #[error("malformed percent-encoding")]
     Escape,
 }
@@ -92,31 +97,26 @@ impl ClientUrl {
         }
     }
 
-    /// The URL with secrets masked: safe for logs, metrics and API answers.
+    /// The URL with secrets masked ([`crate::redact::url`]): safe for
+    /// logs, metrics and API answers.
     pub fn redacted(&self) -> String {
+        crate::redact::url(&self.in_clear())
+    }
+
+    /// The URL with its secrets in clear: for [`Self::redacted`] only.
+    fn in_clear(&self) -> String {
         match self {
-            ClientUrl::Rtmp(u) => {
-                let (path, query) = match u.key.split_once('?') {
-                    Some((p, q)) => (p, Some(q)),
-                    None => (u.key.as_str(), None),
-                };
-                let mut s = format!("rtmp://{}/{}/{}", self.authority(), u.app, path);
-                if let Some(q) = query {
-                    s.push('?');
-                    s.push_str(&mask_query(q, '&'));
-                }
-                s
-            }
+            ClientUrl::Rtmp(u) => format!("rtmp://{}/{}/{}", self.authority(), u.app, u.key),
             ClientUrl::Srt(u) => {
                 let mut params = Vec::new();
                 if let Some(id) = &u.stream_id {
-                    params.push(format!("streamid={}", redact_stream_id(id)));
+                    params.push(format!("streamid={}", percent_encode(id)));
                 }
                 if let Some(l) = u.latency {
                     params.push(format!("latency={}", l.as_millis()));
                 }
-                if u.passphrase.is_some() {
-                    params.push("passphrase=***".into());
+                if let Some(p) = &u.passphrase {
+                    params.push(format!("passphrase={}", percent_encode(p)));
                 }
                 let mut s = format!("srt://{}", self.authority());
                 if !params.is_empty() {
@@ -129,37 +129,61 @@ impl ClientUrl {
     }
 }
 
-/// Parameters whose values are shown in the redacted form.
-const SAFE_PARAMS: &[&str] = &[
-    "sourceId",
-    "priority",
-    "r",
-    "m",
-    "t",
-    "user_source",
-    "user_priority",
-];
-
-fn mask_query(q: &str, sep: char) -> String {
-    q.split(sep)
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, _)) if SAFE_PARAMS.contains(&k) => p.to_owned(),
-            Some((k, _)) => format!("{k}=***"),
-            None => p.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(&sep.to_string())
+impl ClientUrl {
+    /// `text` (from the server this URL names) with every secret of this
+    /// URL replaced by [`crate::redact::MASK`]: the stream key, its query
+    /// values, the stream id and its fields, the passphrase.
+    pub fn mask_in(&self, text: &str) -> String {
+        fn fields<'a>(list: &'a str, sep: char, secrets: &mut Vec<&'a str>) {
+            for f in list.split(sep) {
+                secrets.push(f.split_once('=').map_or(f, |(_, v)| v));
+            }
+        }
+        let mut secrets: Vec<&str> = Vec::new();
+        match self {
+            ClientUrl::Rtmp(u) => {
+                secrets.push(&u.key);
+                let (path, query) = u.key.split_once('?').unwrap_or((&u.key, ""));
+                secrets.push(path);
+                fields(query, '&', &mut secrets);
+            }
+            ClientUrl::Srt(u) => {
+                if let Some(id) = &u.stream_id {
+                    secrets.push(id);
+                    let body = id.strip_prefix("#!::").unwrap_or(id);
+                    fields(body, ',', &mut secrets);
+                    if let Some((_, q)) = body.split_once('?') {
+                        fields(q, '&', &mut secrets);
+                    }
+                }
+                if let Some(p) = &u.passphrase {
+                    secrets.push(p);
+                }
+            }
+        }
+        // Longest first, so that a part of a longer secret is not left.
+        secrets.retain(|s| s.len() >= 3);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_owned();
+        for s in secrets {
+            out = out.replace(s, crate::redact::MASK);
+        }
+        out
+    }
 }
 
-fn redact_stream_id(id: &str) -> String {
-    match id.strip_prefix("#!::") {
-        Some(body) => format!("#!::{}", mask_query(body, ',')),
-        None => match id.split_once('?') {
-            Some((name, q)) => format!("{name}?{}", mask_query(q, '&')),
-            None => id.to_owned(),
-        },
+/// Escape what would end a query value (`&`, `%`, and anything not
+/// printable ASCII); the stream-id punctuation (`#!:,=/?`) stays readable.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'&' | b'%' | b'+') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
+    out
 }
 
 impl fmt::Display for ClientUrl {
@@ -196,8 +220,21 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
     String::from_utf8(out).map_err(|_| UrlError::Escape)
 }
 
+/// A parameter's name as an error may show it: a bare value (`?SECRET`)
+/// or an odd name is not repeated.
+fn param_name(k: &str) -> String {
+    if !k.is_empty() && k.len() <= 32 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        format!("{k:?}")
+    } else {
+        "(a value without a name, or an unusual name)".to_owned()
+    }
+}
+
 /// Split `host[:port]` (IPv6 in brackets).
 fn host_port(auth: &str) -> Result<(String, Option<u16>), UrlError> {
+    if auth.contains('@') {
+        return Err(UrlError::Userinfo);
+    }
     let (host, port) = if let Some(rest) = auth.strip_prefix('[') {
         let (h, after) = rest.split_once(']').ok_or(UrlError::Host)?;
         match after.strip_prefix(':') {
@@ -284,7 +321,7 @@ impl FromStr for ClientUrl {
                 }
                 "passphrase" if (10..=79).contains(&v.len()) => url.passphrase = Some(v),
                 "mode" if v == "caller" => {}
-                other => return Err(UrlError::SrtParam(other.to_owned())),
+                other => return Err(UrlError::SrtParam(param_name(other))),
             }
         }
         Ok(ClientUrl::Srt(url))
@@ -314,7 +351,7 @@ mod tests {
         assert_eq!(r.key, "ev/cam1?token=a.b.c&sourceId=x");
         assert_eq!(
             u.redacted(),
-            "rtmp://127.0.0.1:1936/live/ev/cam1?token=***&sourceId=x"
+            "rtmp://127.0.0.1:1936/live/***?token=***&sourceId=x"
         );
         let u: ClientUrl = "rtmp://example.org/app/k".parse().unwrap();
         assert_eq!(u.authority(), "example.org:1935");
@@ -328,6 +365,7 @@ mod tests {
             "rtmp://h:x/a/b",
             "http://h/a/b",
             "rtmp://h/a/b c",
+            "rtmp://user:pw@h/a/b",
         ] {
             assert!(bad.parse::<ClientUrl>().is_err(), "{bad}");
         }
@@ -349,7 +387,7 @@ mod tests {
         );
         let u: ClientUrl = "srt://[::1]:9000?streamid=s1%3Ftoken%3DT".parse().unwrap();
         assert_eq!(u.authority(), "[::1]:9000");
-        assert_eq!(u.redacted(), "srt://[::1]:9000?streamid=s1?token=***");
+        assert_eq!(u.redacted(), "srt://[::1]:9000?streamid=***");
         for bad in [
             "srt://h",
             "srt://h:9000?latency=x",
@@ -360,6 +398,38 @@ mod tests {
         ] {
             assert!(bad.parse::<ClientUrl>().is_err(), "{bad}");
         }
+        // A bare value is not repeated in the error.
+        let e = "srt://h:9000?SECRET-KEY".parse::<ClientUrl>().unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        // What the redaction shows of a parsed URL is what it shows of
+        // the URL as written.
+        let raw = "srt://h:9000?streamid=%23%21%3A%3Ar%3Ds1%2Cs%3DT%26x&passphrase=0123456789ab";
+        let u: ClientUrl = raw.parse().unwrap();
+        assert_eq!(u.redacted(), crate::redact::url(raw));
+        assert_eq!(
+            u.redacted(),
+            "srt://h:9000?streamid=#!::r=s1,s=***&passphrase=***"
+        );
+    }
+
+    #[test]
+    fn masks_own_secrets_in_server_text() {
+        let u: ClientUrl = "rtmp://h/live/KEY-123?token=TOK-456&priority=5"
+            .parse()
+            .unwrap();
+        let said = u.mask_in("bad stream key KEY-123?token=TOK-456&priority=5; token TOK-456");
+        assert!(
+            !said.contains("KEY-123") && !said.contains("TOK-456"),
+            "{said}"
+        );
+        let u: ClientUrl = "srt://h:9000?streamid=#!::r=s1,s=TOK-789&passphrase=0123456789"
+            .parse()
+            .unwrap();
+        let said = u.mask_in("refused TOK-789 with 0123456789");
+        assert!(
+            !said.contains("TOK-789") && !said.contains("0123456789"),
+            "{said}"
+        );
     }
 
     proptest! {

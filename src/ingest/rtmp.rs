@@ -497,7 +497,7 @@ impl<'a> Connection<'a> {
                     self.push_results(r)?;
                 } else {
                     if self.may_log() {
-                        tracing::info!(peer = %self.peer, app = %app_name, "RTMP connect refused: unknown application");
+                        tracing::info!(peer = %self.peer, app = %crate::redact::key(&app_name), "RTMP connect refused: unknown application");
                     }
                     let r = self.session.reject_request(
                         request_id,

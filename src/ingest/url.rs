@@ -19,22 +19,43 @@ pub struct StreamRequest {
     pub cluster: Option<String>,
 }
 
+/// Messages never repeat a parameter's value (it may be a token) and name
+/// a parameter only when the name is a plain word.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     #[error("invalid stream name: {0}")]
     Stream(String),
     #[error("invalid sourceId: {0}")]
     Source(String),
-    #[error("invalid priority {0:?}: expected an integer")]
-    Priority(String),
-    #[error("malformed query parameter {0:?}")]
+    #[error("invalid priority: expected an integer")]
+    Priority,
+    #[error("malformed percent-encoding in {0}")]
     Query(String),
+    #[error("invalid feed: expected a feed id")]
+    Feed,
     #[error("parameter {0} given twice")]
     Duplicate(&'static str),
 }
 
-/// Decode `%XX` and `+`; invalid escapes are an error.
-fn percent_decode(s: &str) -> Result<String, RequestError> {
+/// What an error may call the part of a key that `what` names: the
+/// stream name, or a parameter whose name is a plain word.
+fn part_name(what: Option<&str>) -> String {
+    match what {
+        None => "the stream name".to_owned(),
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= 32
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            format!("parameter {k}")
+        }
+        Some(_) => "a parameter".to_owned(),
+    }
+}
+
+/// Decode `%XX` and `+` of the part `what` names ([`part_name`]); invalid
+/// escapes are an error that does not repeat the text.
+fn percent_decode(s: &str, what: Option<&str>) -> Result<String, RequestError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -45,7 +66,7 @@ fn percent_decode(s: &str) -> Result<String, RequestError> {
                     .get(i + 1..i + 3)
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| RequestError::Query(s.to_owned()))?;
+                    .ok_or_else(|| RequestError::Query(part_name(what)))?;
                 out.push(hex);
                 i += 3;
             }
@@ -59,7 +80,7 @@ fn percent_decode(s: &str) -> Result<String, RequestError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| RequestError::Query(s.to_owned()))
+    String::from_utf8(out).map_err(|_| RequestError::Query(part_name(what)))
 }
 
 /// Parse `STREAM[?k=v&...]`. Unknown parameters are ignored (encoders add
@@ -69,7 +90,7 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
         Some((n, q)) => (n, q),
         None => (key, ""),
     };
-    let name = percent_decode(name)?;
+    let name = percent_decode(name, None)?;
     let stream: StreamName = name
         .parse()
         .map_err(|e: crate::domain::NameError| RequestError::Stream(e.to_string()))?;
@@ -80,7 +101,7 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
     let mut cluster = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v)?;
+        let v = percent_decode(v, Some(k))?;
         match k {
             "token" if token.is_some() => return Err(RequestError::Duplicate("token")),
             "token" => token = Some(v),
@@ -88,7 +109,7 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
                 let p = v
                     .trim()
                     .parse::<i32>()
-                    .map_err(|_| RequestError::Priority(v.clone()))?;
+                    .map_err(|_| RequestError::Priority)?;
                 if priority.replace(p).is_some() {
                     return Err(RequestError::Duplicate("priority"));
                 }
@@ -102,7 +123,7 @@ pub fn parse_stream_key(key: &str) -> Result<StreamRequest, RequestError> {
                 }
             }
             "feed" => {
-                let f = v.parse().map_err(|_| RequestError::Query(k.to_owned()))?;
+                let f = v.parse().map_err(|_| RequestError::Feed)?;
                 if feed.replace(f).is_some() {
                     return Err(RequestError::Duplicate("feed"));
                 }
@@ -136,7 +157,8 @@ pub enum StreamIdError {
     Missing,
     #[error("malformed stream id: {0}")]
     Malformed(String),
-    #[error("unsupported mode {0:?}: use m=publish or m=request")]
+    /// The mode as given, escaped and cut ([`crate::redact::Untrusted`]).
+    #[error("unsupported mode \"{0}\": use m=publish or m=request")]
     BadMode(String),
 }
 
@@ -165,7 +187,7 @@ pub fn parse_srt_stream_id(raw: Option<&str>) -> Result<(SrtMode, StreamRequest)
     for kv in body.split(',').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| StreamIdError::Malformed(format!("{kv:?} is not key=value")))?;
+            .ok_or_else(|| StreamIdError::Malformed("a field is not key=value".into()))?;
         let slot = match k {
             "r" => &mut r,
             "m" => &mut m,
@@ -186,12 +208,18 @@ pub fn parse_srt_stream_id(raw: Option<&str>) -> Result<(SrtMode, StreamRequest)
     let mode = match m.as_deref().unwrap_or("request") {
         "publish" => SrtMode::Publish,
         "request" => SrtMode::Request,
-        other => return Err(StreamIdError::BadMode(other.to_owned())),
+        other => {
+            return Err(StreamIdError::BadMode(
+                crate::redact::Untrusted(other).to_string(),
+            ))
+        }
     };
     let priority = match prio {
-        Some(p) => Some(p.trim().parse::<i32>().map_err(|_| {
-            StreamIdError::Malformed(format!("user_priority {p:?} is not an integer"))
-        })?),
+        Some(p) => Some(
+            p.trim()
+                .parse::<i32>()
+                .map_err(|_| StreamIdError::Malformed("user_priority is not an integer".into()))?,
+        ),
         None => None,
     };
     let source = match src {
@@ -239,7 +267,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_stream_key("s?priority=high"),
-            Err(RequestError::Priority(_))
+            Err(RequestError::Priority)
         ));
         assert!(matches!(
             parse_stream_key("s?sourceId=a/b"),
@@ -297,6 +325,34 @@ mod tests {
             parse_srt_stream_id(Some("#!::r=a b")),
             Err(StreamIdError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn errors_do_not_repeat_values() {
+        for key in [
+            "s?token=SECRET%zz",
+            "s?token=SECRET%C3",
+            "s?x=1&SECRET%zz=%zz",
+            "s?t%zzoken=SECRET%zz",
+            "s?priority=SECRET",
+            "SECRET%zz?token=x",
+            "s?feed=SECRET",
+        ] {
+            let e = parse_stream_key(key).unwrap_err().to_string();
+            assert!(!e.contains("SECRET"), "{key}: {e}");
+        }
+        for id in [
+            "#!::r=s,SECRET",
+            "#!::r=s,user_priority=SECRET",
+            "s?token=SECRET%zz",
+        ] {
+            let e = parse_srt_stream_id(Some(id)).unwrap_err().to_string();
+            assert!(!e.contains("SECRET"), "{id}: {e}");
+        }
+        let e = parse_srt_stream_id(Some("#!::r=s,m=x\ny"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
     }
 
     proptest! {

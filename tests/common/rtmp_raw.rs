@@ -126,7 +126,17 @@ pub fn publish_attempt(
     key: &str,
     timeout: Duration,
 ) -> (PublishOutcome, TcpStream) {
-    request(local, addr, key, false, timeout)
+    request(local, addr, "live", key, false, timeout)
+}
+
+/// Like [`publish_attempt`] from 127.0.0.1, but `connect` to `app`.
+pub fn publish_attempt_app(
+    addr: SocketAddr,
+    app: &str,
+    key: &str,
+    timeout: Duration,
+) -> (PublishOutcome, TcpStream) {
+    request(IpAddr::from([127, 0, 0, 1]), addr, app, key, false, timeout)
 }
 
 /// Like [`publish_attempt`], but `play` `key`. The session's outbound
@@ -137,12 +147,13 @@ pub fn play_attempt(
     key: &str,
     timeout: Duration,
 ) -> (PublishOutcome, TcpStream) {
-    request(local, addr, key, true, timeout)
+    request(local, addr, "live", key, true, timeout)
 }
 
 fn request(
     local: IpAddr,
     addr: SocketAddr,
+    app: &str,
     key: &str,
     play: bool,
     timeout: Duration,
@@ -189,14 +200,14 @@ fn request(
         }
     };
     let mut config = ClientSessionConfig::new();
-    config.tc_url = Some(format!("rtmp://{addr}/live"));
+    config.tc_url = Some(format!("rtmp://{addr}/{app}"));
     let (mut session, _) = ClientSession::new(config).unwrap();
     let send = |s: &mut TcpStream, r: ClientSessionResult| {
         if let ClientSessionResult::OutboundResponse(p) = r {
             let _ = s.write_all(&p.bytes);
         }
     };
-    send(&mut s, session.request_connection("live".into()).unwrap());
+    send(&mut s, session.request_connection(app.into()).unwrap());
     let mut input = remaining;
     loop {
         if input.is_empty() {
