@@ -9,6 +9,8 @@
 
 mod feed;
 mod feed_players;
+#[doc(hidden)]
+pub mod fuzzing;
 mod player;
 mod remote;
 mod source;
