@@ -101,3 +101,61 @@ impl InputGuard {
         Ok(results)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rml_rtmp::sessions::ServerSessionConfig;
+
+    use super::*;
+
+    fn session() -> ServerSession {
+        ServerSession::new(ServerSessionConfig::new())
+            .expect("a server session")
+            .0
+    }
+
+    /// Found by the `rtmp_session` fuzz target: a chunk header announcing a
+    /// message shorter than the part of it already received made rml_rtmp's
+    /// chunk deserializer panic (capacity overflow) on one unauthenticated
+    /// connection's input. Now a protocol error (vendor/rml_rtmp).
+    #[test]
+    fn a_message_length_shorter_than_received_is_a_protocol_error() {
+        // Type 0 on chunk stream 3: an audio message of 300 bytes, the
+        // first 128 of them; then type 1 on the same stream: 10 bytes.
+        let mut bytes = vec![0x03, 0, 0, 0, 0, 0x01, 0x2c, 8, 1, 0, 0, 0];
+        bytes.extend_from_slice(&[0u8; 128]);
+        bytes.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 10, 8]);
+        bytes.extend_from_slice(&[0u8; 10]);
+        let mut guard = InputGuard::new();
+        let r = guard.input(&mut session(), Phase::Idle, &RtmpConfig::default(), &bytes);
+        match r {
+            Err(InputRefused::Protocol(m)) => assert!(m.contains("MessageShorterThanReceived")),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn input_before_a_request_is_capped() {
+        let limits = RtmpConfig::default();
+        let mut guard = InputGuard::new();
+        let mut s = session();
+        // Partial chunk headers: nothing completes, everything is held.
+        let chunk = vec![0x03; 1024];
+        let mut fed = 0;
+        let err = loop {
+            match guard.input(&mut s, Phase::Idle, &limits, &chunk[..1]) {
+                Ok(_) => fed += 1,
+                Err(e) => break e,
+            }
+            assert!(fed <= limits.max_request_bytes, "never refused");
+        };
+        assert!(matches!(
+            err,
+            InputRefused::RequestTooLarge(_)
+                | InputRefused::TooLarge(_)
+                | InputRefused::Protocol(_)
+        ));
+        assert!(guard.held(Phase::Idle) <= limits.max_request_bytes);
+        assert_eq!(guard.held(Phase::Publishing), 0);
+    }
+}

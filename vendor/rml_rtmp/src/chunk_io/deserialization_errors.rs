@@ -20,6 +20,11 @@ pub enum ChunkDeserializationError {
     #[error("Requested an invalid max chunk size of {chunk_size}.  The largest chunk size possible is 2147483647")]
     InvalidMaxChunkSize { chunk_size: usize },
 
+    /// Primacy patch: a chunk announced a message length shorter than the
+    /// part of that message already received.
+    #[error("Chunk announced a message of {message_length} bytes after {received} bytes of it")]
+    MessageShorterThanReceived { message_length: u32, received: usize },
+
     /// An I/O error occurred while reading the input buffer
     #[error("{0}")]
     Io(#[from] io::Error),

@@ -368,6 +368,16 @@ impl ChunkDeserializer {
     ) -> Result<ParseStageResult, ChunkDeserializationError> {
         let mut length = self.current_header.message_length as usize;
         let current_payload_length = self.current_payload_data.len();
+        // Primacy patch: a chunk header that announces a message shorter than
+        // the part of it already received (a type 1 chunk in the middle of a
+        // message) made the subtraction below underflow: a panic in debug
+        // builds, a `reserve` of ~2^64 bytes ("capacity overflow") in release.
+        if current_payload_length > length {
+            return Err(ChunkDeserializationError::MessageShorterThanReceived {
+                message_length: self.current_header.message_length,
+                received: current_payload_length,
+            });
+        }
         let remaining_bytes = length - current_payload_length;
         if length > self.max_chunk_size as usize {
             length = min(remaining_bytes, self.max_chunk_size as usize);
@@ -923,6 +933,24 @@ mod tests {
             "Incorrect timestamp"
         );
         assert_eq!(&result.data[..], &payload[..], "Incorrect data");
+    }
+
+    // Primacy patch: the regression test of the length check above.
+    #[test]
+    fn a_chunk_announcing_a_message_shorter_than_received_is_an_error() {
+        let mut bytes = vec![0x03, 0, 0, 0, 0, 0x01, 0x2c, 8, 1, 0, 0, 0];
+        bytes.extend_from_slice(&[0u8; 128]);
+        // Type 1 on the same chunk stream: message length 10, 128 received.
+        bytes.extend_from_slice(&[0x43, 0, 0, 0, 0, 0, 10, 8]);
+        bytes.extend_from_slice(&[0u8; 10]);
+        let mut deserializer = ChunkDeserializer::new();
+        match deserializer.get_next_message(&bytes) {
+            Err(ChunkDeserializationError::MessageShorterThanReceived {
+                message_length: 10,
+                received: 128,
+            }) => {}
+            x => panic!("Unexpected result of {:?}", x),
+        }
     }
 
     #[test]
