@@ -1,9 +1,14 @@
 //! Crafted media after a successful publish: up to four feeds of one
 //! source join, send configurations, metadata and frames, and leave, in
 //! any order, while players of both formats join, read (or do not) and
-//! leave, and time passes. Timestamps jump both ways and by more than 32
-//! bits, composition times go negative, frames are empty or megabytes
+//! leave, and time passes. Timestamps jump both ways (each step of a
+//! track below 2^31 ms, as the demuxers hand them on) and run past the
+//! 32-bit range, composition times go negative, frames are empty or megabytes
 //! large, configurations change mid-stream.
+//!
+//! Empty frames and configurations are not sent: both demuxers drop them
+//! before the engine (the `flv_tags` and `ts_demux` targets check that),
+//! as they are what a feed's messages become on the way in.
 //!
 //! What every player must get whatever the feeds did (DESIGN section 3):
 //! FLV bodies that parse, video DTS strictly increasing and audio DTS
@@ -113,8 +118,9 @@ impl Watch {
 
 struct Feed {
     id: FeedId,
-    /// The feed's own clock (unwrapped, as ingest hands it on).
-    dts: i64,
+    /// The feed's own clock per track (video, audio), unwrapped as ingest
+    /// hands it on.
+    dts: [i64; 2],
 }
 
 fn video_config(input: &mut Input) -> CodecConfig {
@@ -153,18 +159,23 @@ fn audio_config(input: &mut Input) -> CodecConfig {
     }
 }
 
-/// The next DTS of a feed: small steps, repeats, jumps either way, and
-/// jumps past the 32-bit range.
+/// The next DTS of a track of a feed: small steps, repeats, jumps either
+/// way up to the largest step ingest can hand on. Demuxers unwrap 32-bit
+/// RTMP timestamps (and 33-bit MPEG-TS ones, in milliseconds less than
+/// 2^31) by the signed difference, so one step of a track is below 2^31 ms
+/// either way; over many steps the clock passes the 32-bit range.
 fn next_dts(input: &mut Input, dts: i64) -> i64 {
+    const MAX_STEP: i64 = (1 << 31) - 1;
     let mode = input.u8();
     let v = input.u16();
-    match mode % 8 {
-        0..=3 => dts.saturating_add(i64::from(v % 100)),
-        4 => dts.saturating_sub(i64::from(v)),
-        5 => dts.saturating_add(i64::from(v) << 12),
-        6 => dts.saturating_add(1 << 32),
+    let step = match mode % 8 {
+        0..=3 => i64::from(v % 100),
+        4 => -i64::from(v),
+        5 => i64::from(v) << 12,
+        6 => MAX_STEP,
         _ => i64::from(v as i16) << 16,
-    }
+    };
+    dts.saturating_add(step.clamp(-MAX_STEP, MAX_STEP))
 }
 
 fn payload(input: &mut Input, huge: &mut usize, track: Track) -> Bytes {
@@ -221,9 +232,10 @@ pub fn engine_media(data: &[u8]) {
                     grant: None,
                 };
                 h.feed_joined(now_ms, meta);
+                let start = i64::from(input.u32());
                 feeds[slot] = Some(Feed {
                     id,
-                    dts: i64::from(input.u32()),
+                    dts: [start; 2],
                 });
             }
             1 => {
@@ -237,7 +249,7 @@ pub fn engine_media(data: &[u8]) {
                 } else {
                     audio_config(&mut input)
                 };
-                if let Some(f) = &feeds[slot] {
+                if let Some(f) = feeds[slot].as_ref().filter(|_| !cfg.data.is_empty()) {
                     h.feed_media(now_ms, f.id, FeedMedia::Config(cfg));
                 }
             }
@@ -255,13 +267,15 @@ pub fn engine_media(data: &[u8]) {
                 let keyframe = track == Track::Video && input.u8() & 1 == 1;
                 let cts = i64::from(input.u16() as i16);
                 let body = payload(&mut input, &mut huge, track);
-                if let Some(f) = &mut feeds[slot] {
-                    f.dts = next_dts(&mut input, f.dts);
+                if let Some(f) = feeds[slot].as_mut().filter(|_| !body.is_empty()) {
+                    let clock = &mut f.dts[usize::from(track == Track::Audio)];
+                    *clock = next_dts(&mut input, *clock);
+                    let dts = *clock;
                     let frame = Frame {
                         track,
                         codec,
-                        dts: f.dts,
-                        pts: f.dts.saturating_add(cts),
+                        dts,
+                        pts: dts.saturating_add(cts),
                         keyframe,
                         payload: body,
                     };

@@ -126,6 +126,7 @@ pub fn flv_tags(data: &[u8]) {
     match parsed {
         Ok(FlvItem::Config(cfg)) => {
             assert_eq!(cfg.track, track);
+            assert!(!cfg.data.is_empty(), "an empty configuration");
             match cfg.codec {
                 Codec::H264 => {
                     let _ = avc_record_parameter_sets(&cfg.data);
@@ -145,6 +146,7 @@ pub fn flv_tags(data: &[u8]) {
         }
         Ok(FlvItem::Frame(frame)) => {
             assert_eq!(frame.track, track);
+            assert!(!frame.payload.is_empty(), "an empty frame");
             assert_eq!(frame.codec.track(), track);
             if track == Track::Video {
                 if let Ok(units) = avcc_nal_units(&frame.payload) {
@@ -189,9 +191,16 @@ pub fn ts_demux(data: &[u8]) {
     let mut mux = TsMuxer::new();
     let mut out = Vec::new();
     for ev in &events {
+        // What the engine is promised (the `engine_media` target relies
+        // on it): no empty configuration, no empty frame.
         match ev {
-            DemuxEvent::Config(cfg) => mux.set_config(cfg),
+            DemuxEvent::Config(cfg) => {
+                assert!(!cfg.data.is_empty(), "an empty configuration");
+                assert_eq!(cfg.codec.track(), cfg.track);
+                mux.set_config(cfg)
+            }
             DemuxEvent::Frame(f) => {
+                assert!(!f.payload.is_empty(), "an empty frame");
                 assert_eq!(f.codec.track(), f.track);
                 out.extend_from_slice(&mux.mux(f));
             }
