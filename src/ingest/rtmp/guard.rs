@@ -134,6 +134,25 @@ mod tests {
         }
     }
 
+    /// Found by the `rtmp_session` fuzz target: an AMF0 command message of
+    /// fewer than three values (one string) made rml_rtmp panic while
+    /// reading it, before any request. Now a protocol error
+    /// (vendor/rml_rtmp).
+    #[test]
+    fn a_short_amf0_command_is_a_protocol_error() {
+        // AMF0 string "connect", alone.
+        let body = [0x02, 0x00, 0x07, b'c', b'o', b'n', b'n', b'e', b'c', b't'];
+        // Type 0 chunk on stream 3: message type 20 (AMF0 command), stream 0.
+        let mut bytes = vec![0x03, 0, 0, 0, 0, 0, body.len() as u8, 20, 0, 0, 0, 0];
+        bytes.extend_from_slice(&body);
+        let mut guard = InputGuard::new();
+        let r = guard.input(&mut session(), Phase::Idle, &RtmpConfig::default(), &bytes);
+        assert!(
+            matches!(r, Err(InputRefused::Protocol(_))),
+            "expected a protocol error, got {r:?}"
+        );
+    }
+
     #[test]
     fn input_before_a_request_is_capped() {
         let limits = RtmpConfig::default();

@@ -27,6 +27,11 @@ pub fn serialize(
 pub fn deserialize(data: Bytes) -> Result<RtmpMessage, MessageDeserializationError> {
     let mut cursor = Cursor::new(data);
     let mut arguments = rml_amf0::deserialize(&mut cursor)?;
+    // Primacy patch: `drain(..3)` below panicked on a command of fewer than
+    // three values (name, transaction id, command object).
+    if arguments.len() < 3 {
+        return Err(MessageDeserializationError::InvalidMessageFormat);
+    }
 
     let command_name: String;
     let transaction_id: f64;
@@ -73,6 +78,22 @@ mod tests {
     use std::io::Cursor;
 
     use messages::RtmpMessage;
+
+    // Primacy patch: the regression test of the length check in `deserialize`.
+    #[test]
+    fn a_command_of_fewer_than_three_values_is_an_error() {
+        for values in [
+            vec![],
+            vec![Amf0Value::Utf8String("connect".to_string())],
+            vec![
+                Amf0Value::Utf8String("connect".to_string()),
+                Amf0Value::Number(1.0),
+            ],
+        ] {
+            let bytes = rml_amf0::serialize(&values).unwrap();
+            assert!(deserialize(Bytes::from(bytes)).is_err());
+        }
+    }
 
     #[test]
     fn can_serialize_message() {
