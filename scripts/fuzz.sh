@@ -2,22 +2,23 @@
 # A short, bounded fuzz run of every target in fuzz/ (cargo-fuzz, libFuzzer),
 # started from the committed corpora; part of scripts/test.sh.
 #
-#   scripts/fuzz.sh                 every target, FUZZ_SECONDS (20) each
+#   scripts/fuzz.sh                 every target, FUZZ_SECONDS (15) each
 #   scripts/fuzz.sh ts_demux urls   only these
 #   FUZZ_SECONDS=1800 nice -n 19 scripts/fuzz.sh engine_media   a campaign
 #
 # Needs a nightly toolchain (`cargo +nightly`); installs cargo-fuzz when it
 # is missing. Without nightly, or when the fuzz build does not finish within
-# FUZZ_BUILD_TIMEOUT seconds (600), it replays the committed corpora through
+# FUZZ_BUILD_TIMEOUT seconds (240), it replays the committed corpora through
 # the same target functions on stable (tests/fuzz_corpus.rs) instead and
-# says so. New inputs found by a run go to fuzz/target-corpus/ (ignored by
+# says so (a build stopped there keeps what it compiled: the next run goes
+# on from it). New inputs found by a run go to fuzz/target-corpus/ (ignored by
 # git), never into the committed corpora; crashes go to fuzz/artifacts/ and
 # fail the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
-FUZZ_BUILD_TIMEOUT="${FUZZ_BUILD_TIMEOUT:-600}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
+FUZZ_BUILD_TIMEOUT="${FUZZ_BUILD_TIMEOUT:-240}"
 FUZZ_MAX_LEN="${FUZZ_MAX_LEN:-65536}"
 # Fuzz builds (sanitizer flags) in a directory of their own, so they never
 # invalidate the normal build.
@@ -61,7 +62,9 @@ for t in "${targets[@]}"; do
     mkdir -p "$work" "artifacts/$t"
     log "$t: ${FUZZ_SECONDS} s from corpus/$t"
     # -jobs/-workers 1: one process; the last lines carry the figures.
-    cargo +nightly fuzz run -O "$t" "$work" "corpus/$t" -- \
+    seeds=("corpus/$t")
+    [ -d "regressions/$t" ] && seeds+=("regressions/$t")
+    cargo +nightly fuzz run -O "$t" "$work" "${seeds[@]}" -- \
         -max_total_time="$FUZZ_SECONDS" -max_len="$FUZZ_MAX_LEN" -timeout=20 \
         -rss_limit_mb=4096 -print_final_stats=1 2>&1 |
         tee "target-corpus/$t.log" | grep -E '^(#[0-9]+ +DONE|Done |stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+== ERROR|thread .* panicked)' >&2
