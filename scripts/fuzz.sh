@@ -61,14 +61,15 @@ for t in "${targets[@]}"; do
     work="target-corpus/$t"
     mkdir -p "$work" "artifacts/$t"
     log "$t: ${FUZZ_SECONDS} s from corpus/$t"
-    # -jobs/-workers 1: one process; the last lines carry the figures.
     seeds=("corpus/$t")
     [ -d "regressions/$t" ] && seeds+=("regressions/$t")
+    # One process; the last lines carry the figures.
+    status=0
     cargo +nightly fuzz run -O "$t" "$work" "${seeds[@]}" -- \
         -max_total_time="$FUZZ_SECONDS" -max_len="$FUZZ_MAX_LEN" -timeout=20 \
-        -rss_limit_mb=4096 -print_final_stats=1 2>&1 |
-        tee "target-corpus/$t.log" | grep -E '^(#[0-9]+ +DONE|Done |stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+== ERROR|thread .* panicked)' >&2
-    status=${PIPESTATUS[0]}
+        -rss_limit_mb=4096 -print_final_stats=1 >"target-corpus/$t.log" 2>&1 || status=$?
+    grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+== ERROR|thread .* panicked)' \
+        "target-corpus/$t.log" >&2 || true
     if [ "$status" -ne 0 ]; then
         log "$t: CRASH (exit $status); input in fuzz/artifacts/$t/, log in fuzz/target-corpus/$t.log"
         exit 1
