@@ -16,6 +16,8 @@ pub mod domain;
 pub mod egress;
 pub mod election;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod lifecycle;
 pub mod live_tokens;

@@ -10,6 +10,8 @@
 mod cause;
 mod feed;
 mod feed_players;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loss;
 mod player;
 mod remote;

@@ -16,6 +16,8 @@
 //! connection that is not publishing (players keep the per-message
 //! limit). Lines about refusals and errors go through the log limiter.
 
+pub mod guard;
+
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::guard::{InputGuard, InputRefused, Phase};
 use super::demux::FlvDemux;
 use super::url::{parse_stream_key, StreamRequest};
 use super::{AdmitFailure, BufferShare, IngestContext};
@@ -170,6 +173,17 @@ enum SessionError {
     EngineGone,
 }
 
+impl From<InputRefused> for SessionError {
+    fn from(e: InputRefused) -> Self {
+        match e {
+            InputRefused::Panic(m) => SessionError::Panic(m),
+            InputRefused::Protocol(m) => SessionError::Protocol(m),
+            InputRefused::TooLarge(n) => SessionError::TooLarge(n),
+            InputRefused::RequestTooLarge(n) => SessionError::RequestTooLarge(n),
+        }
+    }
+}
+
 impl SessionError {
     fn kind(&self) -> &'static str {
         match self {
@@ -213,11 +227,9 @@ struct Connection<'a> {
     out: Vec<u8>,
     /// A player's media messages, written after `out`.
     chunks: MediaChunks,
-    /// Bytes fed to the session since it last completed a message.
-    pending_bytes: usize,
-    /// Bytes received since the connection last became idle.
-    idle_bytes: usize,
-    /// `pending_bytes` against the shared budget, while not publishing.
+    /// Byte counters of the input (partial message, before a request).
+    guard: InputGuard,
+    /// The guard's held bytes against the shared budget.
     buffered: BufferShare<'a>,
     /// Set when a request was refused because the node is draining: the
     /// connection ends once the refusal is written.
@@ -277,8 +289,7 @@ impl<'a> Connection<'a> {
             },
             out: Vec::new(),
             chunks: MediaChunks::new(chunk_size),
-            pending_bytes: 0,
-            idle_bytes: 0,
+            guard: InputGuard::new(),
             buffered: ctx.buffered.share(),
             close_after_flush: false,
         };
@@ -299,7 +310,7 @@ impl<'a> Connection<'a> {
 
     /// Back to idle (after unpublishing or stopping playback).
     fn become_idle(&mut self) -> State {
-        self.idle_bytes = 0;
+        self.guard.idle_again();
         std::mem::replace(
             &mut self.state,
             State::Idle {
@@ -412,42 +423,20 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Feed bytes to rml_rtmp, guarding against its panics, oversized
-    /// messages and the budgets of connections that are not publishing.
+    /// Feed bytes to rml_rtmp through the guard, then account what the
+    /// session holds against the budget shared by connections that are
+    /// not publishing.
     fn input(&mut self, bytes: &[u8]) -> Result<Vec<ServerSessionResult>, SessionError> {
-        let rtmp = &self.ctx.rtmp;
-        let publishing = matches!(self.state, State::Publishing { .. });
-        if matches!(self.state, State::Idle { .. }) {
-            self.idle_bytes += bytes.len();
-            if self.idle_bytes > rtmp.max_request_bytes {
-                return Err(SessionError::RequestTooLarge(rtmp.max_request_bytes));
-            }
-        }
-        let session = &mut self.session;
-        let results = std::panic::catch_unwind(AssertUnwindSafe(|| session.handle_input(bytes)))
-            .map_err(|p| SessionError::Panic(super::panic_message(p.as_ref())))?
-            .map_err(|e| SessionError::Protocol(format!("{e:?}")))?;
-        let completed = results
-            .iter()
-            .any(|r| !matches!(r, ServerSessionResult::OutboundResponse(_)));
-        if completed {
-            self.pending_bytes = 0;
-        } else {
-            self.pending_bytes += bytes.len();
-            let limit = if publishing {
-                rtmp.max_message_bytes
-            } else {
-                rtmp.max_request_bytes
-            };
-            if self.pending_bytes > limit {
-                return Err(SessionError::TooLarge(limit));
-            }
-        }
-        // Publishers (authenticated) do not count against the shared
-        // budget, so unauthenticated peers cannot use it up against them.
-        let held = if publishing { 0 } else { self.pending_bytes };
+        let phase = match self.state {
+            State::Idle { .. } => Phase::Idle,
+            State::Publishing { .. } => Phase::Publishing,
+            State::Playing { .. } => Phase::Playing,
+        };
+        let results = self
+            .guard
+            .input(&mut self.session, phase, &self.ctx.rtmp, bytes)?;
         self.buffered
-            .set(held)
+            .set(self.guard.held(phase))
             .map_err(|_| SessionError::BufferBudget)?;
         Ok(results)
     }
