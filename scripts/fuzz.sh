@@ -44,11 +44,13 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^primacy-fuzz$')
 fi
 
+STABLE_TARGET_DIR="${CARGO_TARGET_DIR:-}"
 cd fuzz
 export CARGO_TARGET_DIR="$FUZZ_TARGET_DIR"
 log "building ${#targets[@]} targets (at most ${FUZZ_BUILD_TIMEOUT} s)"
 if ! timeout "$FUZZ_BUILD_TIMEOUT" cargo +nightly fuzz build -O "${targets[@]:0:1}" >&2; then
     cd ..
+    if [ -n "$STABLE_TARGET_DIR" ]; then export CARGO_TARGET_DIR="$STABLE_TARGET_DIR"; else unset CARGO_TARGET_DIR; fi
     replay_on_stable "the fuzz build failed or took longer than ${FUZZ_BUILD_TIMEOUT} s"
     exit 0
 fi
