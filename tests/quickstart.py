@@ -66,14 +66,15 @@ class Failure(Exception):
 def readme_steps():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     blocks = {}
-    for m in re.finditer(r"<!-- quickstart: (\w+) -->\n```bash\n(.*?)\n```", text, re.S):
+    for m in re.finditer(r"^<!-- quickstart: (\w+) -->\n```bash\n(.*?)\n```", text, re.S | re.M):
         if m.group(1) in blocks:
             raise Failure(f"README.md has two quickstart blocks named {m.group(1)}")
         blocks[m.group(1)] = m.group(2)
     missing = [s for s in STEPS if s not in blocks]
     if missing:
         raise Failure(f"README.md lacks the quickstart blocks {missing}")
-    order = [m.group(1) for m in re.finditer(r"<!-- quickstart: (\w+) -->", text)]
+    # Markers stand on a line of their own (prose may mention the syntax).
+    order = [m.group(1) for m in re.finditer(r"^<!-- quickstart: (\w+) -->$", text, re.M)]
     if order != STEPS:
         raise Failure(f"README.md's quickstart blocks are in the order {order}, expected {STEPS}")
     return blocks
