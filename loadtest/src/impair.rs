@@ -265,9 +265,9 @@ impl Link {
         let s = shared.clone();
         let accept = rt
             .spawn(async move {
-                let mut clients: HashMap<SocketAddr, mpsc::Sender<(Instant, Bytes)>> =
+                // Per client: the queue towards upstream and its pacer.
+                let mut clients: HashMap<SocketAddr, (mpsc::Sender<(Instant, Bytes)>, Pacer)> =
                     HashMap::new();
-                let mut pacers: HashMap<SocketAddr, Pacer> = HashMap::new();
                 let mut buf = vec![0u8; 65_536];
                 // Ends when the link drops (aborted).
                 while let Ok((n, from)) = sock.recv_from(&mut buf).await {
@@ -278,10 +278,12 @@ impl Link {
                         let Ok(tx) = udp_client(&s, sock.clone(), from, upstream).await else {
                             continue;
                         };
-                        clients.insert(from, tx);
+                        clients.insert(from, (tx, Pacer::new()));
                     }
-                    let pacer = pacers.entry(from).or_insert_with(Pacer::new);
-                    if let (Some(at), Some(tx)) = (s.admit(pacer, n, true), clients.get(&from)) {
+                    let Some((tx, pacer)) = clients.get_mut(&from) else {
+                        continue;
+                    };
+                    if let Some(at) = s.admit(pacer, n, true) {
                         let chunk = Bytes::copy_from_slice(&buf[..n]);
                         if tx.try_send((at, chunk)).is_err() {
                             s.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
