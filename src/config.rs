@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::election::ElectionParams;
 
 /// A configuration error, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +249,10 @@ pub struct SrtConfig {
     pub udp_buffer_bytes: usize,
 }
 
+/// Default kernel buffer of an SRT UDP socket (`srt.udp_buffer_bytes`),
+/// also what the outgoing SRT clients (pull inputs, push outputs) use.
+pub const SRT_UDP_BUFFER_BYTES: usize = 4 << 20;
+
 impl Default for SrtConfig {
     fn default() -> Self {
         Self {
@@ -255,7 +262,7 @@ impl Default for SrtConfig {
             max_connections: 10_000,
             max_connections_per_ip: 50,
             play_requires_token: false,
-            udp_buffer_bytes: crate::client::SRT_UDP_BUFFER_BYTES,
+            udp_buffer_bytes: SRT_UDP_BUFFER_BYTES,
         }
     }
 }
@@ -526,6 +533,19 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_per_page: 500,
             stream_filter_concurrency: 2,
+        }
+    }
+}
+
+impl ElectionConfig {
+    /// The parameters of the election core (which knows nothing of the
+    /// configuration file).
+    pub fn params(&self) -> ElectionParams {
+        ElectionParams {
+            failback_hold: Duration::from_millis(self.failback_hold_ms),
+            flap_count: self.flap_count,
+            flap_window: Duration::from_millis(self.flap_window_ms),
+            flap_hold: Duration::from_millis(self.flap_hold_ms),
         }
     }
 }
@@ -1524,5 +1544,26 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("supersecret"), "{printed}");
         assert!(!format!("{c:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn election_params_from_config() {
+        let c = ElectionConfig {
+            failback_hold_ms: 500,
+            feed_timeout_ms: 1_500,
+            min_bitrate_kbps: 0,
+            bitrate_window_ms: 0,
+            max_keyframe_interval_ms: 0,
+            timestamp_stall_ms: 0,
+            flap_count: 4,
+            flap_window_ms: 10_000,
+            flap_hold_ms: 7_000,
+            ..Default::default()
+        };
+        let p = c.params();
+        assert_eq!(p.failback_hold, Duration::from_millis(500));
+        assert_eq!(p.flap_count, 4);
+        assert_eq!(p.flap_window, Duration::from_secs(10));
+        assert_eq!(p.flap_hold, Duration::from_secs(7));
     }
 }

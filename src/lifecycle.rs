@@ -31,17 +31,18 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, Readiness};
+use crate::api::{self, AppState};
 use crate::auth::jwt::KeySet;
 use crate::auth::publish::Admission;
 use crate::cluster::{self, Cluster, Membership, MembershipSlot};
 use crate::config::Config;
-use crate::egress::push::OutputDef;
 use crate::engine::{self, EngineHandle, EngineSettings};
-use crate::ingest::pull::PullInputDef;
-use crate::ingest::{self, ConnectionLimits, IngestContext};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::relay::pull::PullInputDef;
+use crate::relay::push::OutputDef;
 use crate::relay::{RelayContext, Relays};
+use crate::server::{self, ConnectionLimits, IngestContext};
 use crate::store::{self, Db};
 use crate::supervise::{self, Backoff, ListenerHandle, Rebind, ServeError, ServeFuture};
 use crate::telemetry::LogLimiter;
@@ -311,14 +312,14 @@ pub async fn start(config: Config, cancel: &CancellationToken) -> Result<Running
             config.srt.max_connections,
             config.srt.max_connections_per_ip,
         ),
-        throttle: ingest::throttle::Throttle::new(&config.admission),
+        throttle: server::throttle::Throttle::new(&config.admission),
         log: Arc::new(LogLimiter::new(
             config.log.burst,
             Duration::from_millis(config.log.interval_ms),
         )),
-        buffered: ingest::BufferBudget::new(config.rtmp.max_buffered_bytes),
+        buffered: server::BufferBudget::new(config.rtmp.max_buffered_bytes),
         cluster_secret: config.cluster.secret.as_ref().map(|s| {
-            cluster::credential::ClusterSecret::new(s.expose().as_bytes())
+            crate::auth::cluster::ClusterSecret::new(s.expose().as_bytes())
                 .with_max_skew_ms(config.cluster.max_skew_ms)
         }),
     });
@@ -573,7 +574,7 @@ async fn bind_rtmp(
     let addr = listener.local_addr().map_err(bind_err)?;
     let health = ctx.readiness.listeners().register("rtmp", addr);
     let serve = move |listener, health| -> ServeFuture {
-        Box::pin(ingest::rtmp::serve(
+        Box::pin(server::rtmp::serve(
             listener,
             ctx.clone(),
             stop.clone(),
@@ -591,7 +592,7 @@ async fn bind_rtmp(
             Box::pin(async move {
                 let listener = tokio::net::TcpListener::bind(addr).await?;
                 let serve: ServeFuture =
-                    Box::pin(ingest::rtmp::serve(listener, ctx, stop, sessions, health));
+                    Box::pin(server::rtmp::serve(listener, ctx, stop, sessions, health));
                 Ok(serve)
             })
         })
@@ -616,7 +617,7 @@ async fn srt_listener(
     stop: CancellationToken,
     sessions: TaskTracker,
 ) -> std::io::Result<(SocketAddr, ServeFuture)> {
-    let udp = ingest::srt::bind_udp(addr, config.srt.udp_buffer_bytes)?;
+    let udp = server::srt::bind_udp(addr, config.srt.udp_buffer_bytes)?;
     let addr = udp.local_addr()?;
     let buffer = config.srt.sender_buffer_bytes();
     let (listener, incoming) = srt_tokio::SrtListener::builder()
@@ -625,7 +626,7 @@ async fn srt_listener(
         .socket(udp)
         .bind(addr)
         .await?;
-    let serve: ServeFuture = Box::pin(ingest::srt::serve(listener, incoming, ctx, stop, sessions));
+    let serve: ServeFuture = Box::pin(server::srt::serve(listener, incoming, ctx, stop, sessions));
     Ok((addr, serve))
 }
 

@@ -714,9 +714,7 @@ fn relay_credentials_are_single_use_and_their_expiry_is_capped() {
     let _enc = media::publish(Fixture::A, &eu.rtmp(&format!("{S}?token={secret}")));
     let feed = wait_until_some("the feed is elected", || agree_on(&[&eu], S, "eu-1"));
     let feed_id: primacy::domain::FeedId = feed.parse().unwrap();
-    let cs = primacy::cluster::credential::ClusterSecret::new(
-        common::cluster::CLUSTER_SECRET.as_bytes(),
-    );
+    let cs = primacy::auth::cluster::ClusterSecret::new(common::cluster::CLUSTER_SECRET.as_bytes());
     let pull = |credential: &str| {
         let url = format!("{}?feed={feed}&cluster={credential}", eu.rtmp(S));
         let mut p = Player::start(&url);

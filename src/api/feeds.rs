@@ -14,9 +14,9 @@ use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
 use crate::cluster::Command;
 use crate::domain::{FeedId, StreamName, TokenId};
-use crate::egress::push::OutputStatus;
 use crate::engine::{FeedView, SourceView, StreamView};
-use crate::ingest::pull::PullStatus;
+use crate::relay::pull::PullStatus;
+use crate::relay::push::OutputStatus;
 use crate::store::{self, audit::NewAudit};
 
 fn engine_gone(_: crate::engine::EngineGone) -> ApiError {

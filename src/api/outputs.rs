@@ -16,7 +16,7 @@ use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::pull_inputs::check_writable;
 use super::{AppState, Page};
-use crate::egress::push::{audit_value, redacted_targets, OutputDef, OutputStatus};
+use crate::relay::push::{audit_value, redacted_targets, OutputDef, OutputStatus};
 use crate::store::audit::NewAudit;
 use crate::store::push_outputs::{self as q, PushOutputRow};
 use crate::store::{self, StoreError};

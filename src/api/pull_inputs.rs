@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
-use crate::ingest::pull::{audit_value, redacted_urls, PullInputDef, PullStatus};
+use crate::relay::pull::{audit_value, redacted_urls, PullInputDef, PullStatus};
 use crate::store::audit::NewAudit;
 use crate::store::pull_inputs::{self as q, PullInputRow};
 use crate::store::{self, StoreError};

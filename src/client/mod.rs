@@ -7,11 +7,11 @@
 //!   `ClientSession`, `play`) or `srt://HOST:PORT?streamid=…` (srt-tokio
 //!   caller) and yields [`FeedMedia`]: codec configurations, metadata and
 //!   frames, demuxed by the same code as the ingest servers
-//!   ([`crate::ingest::demux`]).
+//!   ([`crate::wire::demux`]).
 //! - [`push`] connects and publishes [`PlayerItem`]s, i.e. what
 //!   [`EngineHandle::play`](crate::engine::EngineHandle::play) gives a
 //!   player in [`PushSession::format`] (FLV bodies for RTMP, serialized by
-//!   [`crate::egress::rtmp`]; MPEG-TS for SRT, sent in 7×188-byte
+//!   [`crate::wire::rtmp`]; MPEG-TS for SRT, sent in 7×188-byte
 //!   messages).
 //!
 //! Sessions are cheap: no task of their own (SRT sockets have srt-tokio's
@@ -39,8 +39,7 @@ pub use url::{ClientUrl, RtmpUrl, SrtUrl, UrlError};
 
 use crate::engine::{FeedMedia, PlayerFormat, PlayerItem};
 
-/// Default kernel buffer of an SRT UDP socket (`srt.udp_buffer_bytes`).
-pub const SRT_UDP_BUFFER_BYTES: usize = 4 << 20;
+pub use crate::config::SRT_UDP_BUFFER_BYTES;
 
 /// Time limits and socket sizes of a client session.
 #[derive(Debug, Clone)]

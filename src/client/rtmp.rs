@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::url::RtmpUrl;
 use super::{ClientError, ClientOptions, Counter, PushEnd};
-use crate::egress::rtmp::write_player_item;
 use crate::engine::{FeedMedia, PlayerItem};
-use crate::ingest::demux::FlvDemux;
 use crate::media::Track;
+use crate::wire::demux::FlvDemux;
+use crate::wire::rtmp::write_player_item;
 
 /// Read buffer per connection.
 const READ_BUF: usize = 16 * 1024;
@@ -234,7 +234,7 @@ impl RtmpClient {
             let out = std::mem::take(&mut self.out);
             let r = self.write(&out).await;
             self.out = out;
-            crate::egress::rtmp::recycle_out(&mut self.out);
+            crate::wire::rtmp::recycle_out(&mut self.out);
             r?;
         }
         Ok(())
@@ -278,7 +278,7 @@ impl RtmpClient {
             .map_err(|p| {
                 ClientError::Protocol(format!(
                     "rml_rtmp panicked: {}",
-                    crate::ingest::panic_message(p.as_ref())
+                    crate::supervise::panic_message(p.as_ref())
                 ))
             })?
             .map_err(protocol)?;

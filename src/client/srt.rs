@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::url::SrtUrl;
 use super::{ClientError, ClientOptions, Counter, PushEnd};
 use crate::engine::{FeedMedia, PlayerItem};
-use crate::ingest::demux::TsFeedDemux;
 use crate::media::ts::mux::chunk_1316;
+use crate::wire::demux::TsFeedDemux;
 
 pub(super) struct SrtClient {
     socket: SrtSocket,

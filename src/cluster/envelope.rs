@@ -29,6 +29,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+pub use crate::auth::cluster::derive_key;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The envelope format version. Every node of a cluster runs the same
@@ -42,16 +44,6 @@ pub const MAX_ENVELOPE_BYTES: usize = 4 << 20;
 pub const NONCE_LEN: usize = 16;
 
 pub type Nonce = [u8; NONCE_LEN];
-
-/// A key for one purpose, derived from the cluster secret: the HMAC-SHA256
-/// of the purpose label keyed with the secret (a PRF; distinct labels give
-/// independent keys, and neither reveals the secret).
-pub fn derive_key(secret: &[u8], purpose: &str) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(b"primacy key derivation\n");
-    mac.update(purpose.as_bytes());
-    mac.finalize().into_bytes().into()
-}
 
 /// What an envelope carries; part of the MAC, so a signed ack cannot pass
 /// for a command.

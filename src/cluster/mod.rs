@@ -24,7 +24,7 @@
 //!   only a hint. Commands applied here are audited here.
 
 pub mod control;
-pub mod credential;
+
 pub mod envelope;
 mod pubsub;
 pub mod registry;
@@ -47,11 +47,12 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::api::Readiness;
+use crate::auth::cluster::ClusterSecret;
 use crate::auth::publish::Admission;
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::store::Db;
 pub use control::{Ack, Command, Gathered, NodeRef, Outcome};
 use registry::{FeedRecord, Keys, Lease};
@@ -195,7 +196,7 @@ struct Inner {
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     db: Db,
-    secret: credential::ClusterSecret,
+    secret: ClusterSecret,
     /// Seals and opens every envelope this node writes or reads.
     signer: envelope::Signer,
     rejects: rejects::Rejections,
@@ -298,8 +299,7 @@ impl Cluster {
             .ok_or(ClusterError::NoSecret)?
             .expose()
             .as_bytes();
-        let secret =
-            credential::ClusterSecret::new(raw).with_max_skew_ms(config.cluster.max_skew_ms);
+        let secret = ClusterSecret::new(raw).with_max_skew_ms(config.cluster.max_skew_ms);
         let signer = envelope::Signer::new(raw);
         let client = match &config.redis.ca_file {
             None => redis_client(url.expose(), None).map_err(ClusterError::Url)?,
@@ -370,7 +370,7 @@ impl Cluster {
         &self.inner.settings
     }
 
-    pub fn secret(&self) -> &credential::ClusterSecret {
+    pub fn secret(&self) -> &ClusterSecret {
         &self.inner.secret
     }
 

@@ -10,7 +10,7 @@
 //! heartbeats), `P:control` (commands), `P:ack:<id>` (answers to commands
 //! sent by `<id>`).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -119,13 +119,7 @@ pub enum Event {
     },
 }
 
-/// Now on the wall clock, Unix milliseconds.
-pub fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::wall_ms;
 
 /// An instant of this process as Unix milliseconds.
 pub fn instant_to_wall(t: Instant, now: Instant, now_ms: i64) -> i64 {

@@ -95,17 +95,6 @@ impl Default for ElectionParams {
     }
 }
 
-impl ElectionParams {
-    pub fn from_config(c: &crate::config::ElectionConfig) -> Self {
-        Self {
-            failback_hold: Duration::from_millis(c.failback_hold_ms),
-            flap_count: c.flap_count,
-            flap_window: Duration::from_millis(c.flap_window_ms),
-            flap_hold: Duration::from_millis(c.flap_hold_ms),
-        }
-    }
-}
-
 /// Why a feed took the air.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

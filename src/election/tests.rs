@@ -524,24 +524,7 @@ fn feeds_are_listed_best_first() {
 }
 
 #[test]
-fn params_from_config_and_default() {
-    let c = crate::config::ElectionConfig {
-        failback_hold_ms: 500,
-        feed_timeout_ms: 1_500,
-        min_bitrate_kbps: 0,
-        bitrate_window_ms: 0,
-        max_keyframe_interval_ms: 0,
-        timestamp_stall_ms: 0,
-        flap_count: 4,
-        flap_window_ms: 10_000,
-        flap_hold_ms: 7_000,
-        ..Default::default()
-    };
-    let p = ElectionParams::from_config(&c);
-    assert_eq!(p.failback_hold, Duration::from_millis(500));
-    assert_eq!(p.flap_count, 4);
-    assert_eq!(p.flap_window, Duration::from_secs(10));
-    assert_eq!(p.flap_hold, Duration::from_secs(7));
+fn params_default() {
     let d = ElectionParams::default();
     assert_eq!(
         (d.failback_hold, d.flap_count, d.flap_window, d.flap_hold),

@@ -419,7 +419,7 @@ impl EngineSettings {
         Self {
             node: c.node_id.clone(),
             region: c.region.clone(),
-            election: crate::election::ElectionParams::from_config(&c.election),
+            election: c.election.params(),
             loss: (c.election.feed_timeout_ms > 0).then(|| loss::LossParams {
                 floor: Duration::from_millis(c.election.loss_floor_ms),
                 k: c.election.loss_k,

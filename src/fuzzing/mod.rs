@@ -17,15 +17,13 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 
+use crate::auth::cluster::ClusterSecret;
 use crate::auth::jwt::KeySet;
 use crate::client::url::ClientUrl;
 use crate::cluster::control::{Ack, Request};
-use crate::cluster::credential::ClusterSecret;
 use crate::cluster::envelope::{Freshness, Kind, ReplayGuard, Signer};
 use crate::cluster::registry::{Event, FeedRecord, Lease};
 use crate::domain::{FeedId, StreamName};
-use crate::ingest::demux::TsFeedDemux;
-use crate::ingest::url::{parse_srt_stream_id, parse_stream_key};
 use crate::media::codec::{
     adts_header, annexb_to_avcc, avc_record_parameter_sets, avcc_nal_units, avcc_to_annexb,
     parse_adts_header,
@@ -33,6 +31,8 @@ use crate::media::codec::{
 use crate::media::ts::demux::{DemuxEvent, TsDemuxer};
 use crate::media::ts::mux::TsMuxer;
 use crate::media::{self, Codec, FlvItem, Track};
+use crate::server::url::{parse_srt_stream_id, parse_stream_key};
+use crate::wire::demux::TsFeedDemux;
 
 /// Reads a fuzzer's bytes as a sequence of small decisions; runs dry as
 /// zeros, so every input decodes to something.

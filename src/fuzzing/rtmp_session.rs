@@ -20,10 +20,10 @@ use rml_rtmp::time::RtmpTimestamp;
 
 use super::{chunks, Input};
 use crate::config::RtmpConfig;
-use crate::ingest::demux::FlvDemux;
-use crate::ingest::rtmp::guard::{InputGuard, Phase};
-use crate::ingest::url::parse_stream_key;
 use crate::media::Track;
+use crate::server::rtmp::guard::{InputGuard, Phase};
+use crate::server::url::parse_stream_key;
+use crate::wire::demux::FlvDemux;
 
 /// Steps of one script at most (each is bounded in size by the input).
 const MAX_STEPS: usize = 256;

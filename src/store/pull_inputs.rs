@@ -1,5 +1,5 @@
 //! Queries on `pull_inputs`. Rows are stored as the API wrote them and
-//! validated when read (`ingest::pull::PullInputDef::from_row`), so a row
+//! validated when read (`relay::pull::PullInputDef::from_row`), so a row
 //! edited by hand into something unusable loads fine here and is refused
 //! there, without being changed.
 

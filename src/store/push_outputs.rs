@@ -1,5 +1,5 @@
 //! Queries on `push_outputs` (restreams). Rows are stored as the API wrote them and
-//! validated when read (`egress::push::OutputDef::from_row`), so a row
+//! validated when read (`relay::push::OutputDef::from_row`), so a row
 //! edited by hand into something unusable loads fine here and is refused
 //! there, without being changed.
 

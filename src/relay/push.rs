@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::client::{self, ClientUrl, Counter, Failover, PushEnd, Step, TargetRef};
 use crate::engine::{PlayerHandle, PlayerItem, SourceKey};
-use crate::ingest::pull::{def_error, parse_url, source_key, DefError};
+use crate::relay::pull::{def_error, parse_url, source_key, DefError};
 use crate::relay::RelayContext;
 use crate::store::push_outputs::PushOutputRow;
 
@@ -399,7 +399,7 @@ pub fn redacted_targets(targets: &serde_json::Value) -> serde_json::Value {
     match serde_json::from_value::<Vec<Vec<Option<String>>>>(targets.clone()) {
         Ok(groups) => serde_json::json!(groups
             .iter()
-            .map(|g| crate::ingest::pull::redacted_urls(g))
+            .map(|g| crate::relay::pull::redacted_urls(g))
             .collect::<Vec<_>>()),
         Err(_) => serde_json::json!("<invalid targets>"),
     }

@@ -36,18 +36,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::guard::{InputGuard, InputRefused, Phase};
-use super::demux::FlvDemux;
 use super::url::{parse_stream_key, StreamRequest};
 use super::{AdmitFailure, BufferShare, IngestContext};
 use crate::auth::publish::AdmitError;
 use crate::domain::FeedId;
-use crate::egress::rtmp::{recycle_out, write_player_items, MediaChunks, ServerPlayback};
 use crate::engine::PlayerFormat;
 use crate::engine::{
     FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, PublishRefusal, SourceKey,
 };
 use crate::media::Track;
 use crate::supervise::{ListenerHandle, ServeError};
+use crate::wire::demux::FlvDemux;
+use crate::wire::rtmp::{recycle_out, write_player_items, MediaChunks, ServerPlayback};
 
 /// Read buffer of a connection until it is known to play.
 const READ_BUF: usize = 16 * 1024;
@@ -843,7 +843,7 @@ impl<'a> Connection<'a> {
     async fn relay_play_requested(
         &mut self,
         request_id: u32,
-        req: crate::ingest::url::StreamRequest,
+        req: crate::server::url::StreamRequest,
         feed: crate::domain::FeedId,
         stream_id: u32,
     ) -> Result<(), SessionError> {
@@ -855,7 +855,7 @@ impl<'a> Connection<'a> {
         };
         let verified = match (&self.ctx.cluster_secret, &req.cluster) {
             (Some(secret), Some(c)) => secret
-                .verify(c, feed, crate::cluster::registry::wall_ms())
+                .verify(c, feed, crate::clock::wall_ms())
                 .map_err(|e| e.to_string()),
             (None, _) => Err("this node is not in a cluster".to_owned()),
             (_, None) => Err("missing cluster credential".to_owned()),

@@ -1,6 +1,6 @@
-//! Protocol payloads → the engine's [`FeedMedia`], shared by the ingest
-//! servers (RTMP publishers, SRT publishers) and the pulling client
-//! (`crate::client`), so every way a feed enters the gateway demuxes the
+//! Protocol payloads → the engine's [`FeedMedia`], shared by the servers
+//! (`crate::server`: RTMP publishers, SRT publishers) and the pulling
+//! client (`crate::client`), so every way a feed enters the gateway demuxes the
 //! same way.
 //!
 //! [`FlvDemux`] takes RTMP audio/video message bodies (FLV tag bodies) with

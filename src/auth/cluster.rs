@@ -34,10 +34,19 @@ use std::sync::{Arc, Mutex};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::envelope::derive_key;
 use crate::domain::FeedId;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// A key for one purpose, derived from the cluster secret: the HMAC-SHA256
+/// of the purpose label keyed with the secret (a PRF; distinct labels give
+/// independent keys, and neither reveals the secret).
+pub fn derive_key(secret: &[u8], purpose: &str) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"primacy key derivation\n");
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().into()
+}
 
 /// How long an issued credential is good for.
 pub const CREDENTIAL_TTL_MS: i64 = 60_000;

@@ -1,16 +1,17 @@
-//! Ingest: protocol sessions that turn sockets into admitted feeds.
+//! The RTMP and SRT servers: the listeners and every session they accept,
+//! publishers (encoders, and other nodes relaying a feed here) and players
+//! alike ([`rtmp`], [`srt`]).
 //!
-//! socket → session → admission (`auth::publish`, behind the
-//! [`throttle`]) → engine. Sessions never touch election state; they send
-//! the engine commands and media.
+//! A publish: socket → session → admission (`auth::publish`, behind the
+//! [`throttle`]) → engine. A play: socket → session → `EngineHandle::play`
+//! → the player's queue → socket. Sessions never touch election state; they
+//! send the engine commands and media.
 //!
 //! What an unauthenticated peer may hold is bounded here: connections per
 //! address and in all ([`ConnectionLimits`], one per protocol), buffered
 //! partial input ([`BufferBudget`]), failed admissions ([`throttle`]), and
 //! log lines (`telemetry::LogLimiter`).
 
-pub mod demux;
-pub mod pull;
 pub mod rtmp;
 pub mod srt;
 pub mod throttle;
@@ -24,12 +25,12 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Readiness;
 use crate::auth::publish::{Admission, AdmitError, Admitted, Refusal};
 use crate::config::{RtmpConfig, SrtConfig};
 use crate::domain::{SourceId, StreamName};
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::telemetry::LogLimiter;
 use throttle::{Blocked, Key, Throttle};
 
@@ -54,7 +55,7 @@ pub struct IngestContext {
     /// Partial RTMP messages of connections that are not publishing.
     pub buffered: BufferBudget,
     /// Verifies the credentials of cluster peers that relay a feed.
-    pub cluster_secret: Option<crate::cluster::credential::ClusterSecret>,
+    pub cluster_secret: Option<crate::auth::cluster::ClusterSecret>,
 }
 
 /// Why [`IngestContext::admit`] refused.

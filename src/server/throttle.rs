@@ -3,7 +3,7 @@
 //! further attempts with that key for a growing time, so they are refused
 //! at once, before the token is verified or its row read.
 //!
-//! Pure state with `now` passed in; `ingest` consults it around every
+//! Pure state with `now` passed in; `server` consults it around every
 //! admission check (RTMP and SRT, publish and play). Invariants: an entry
 //! is blocked only after `failures` refusals within `window` (or, within
 //! `window` after its last block ended, after one); a block lasts

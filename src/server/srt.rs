@@ -32,7 +32,6 @@ use srt_tokio::{ConnectionRequest, SrtIncoming, SrtSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::demux::TsFeedDemux;
 use super::url::{parse_srt_stream_id, SrtMode, StreamIdError};
 use super::{AdmitFailure, IngestContext};
 use crate::auth::publish::{AdmitError, Refusal};
@@ -43,6 +42,7 @@ use crate::engine::{
 };
 use crate::media::ts::mux::chunk_1316;
 use crate::supervise::ServeError;
+use crate::wire::demux::TsFeedDemux;
 
 /// Bind the listener's UDP socket with kernel receive and send buffers of
 /// `bytes` (`srt.udp_buffer_bytes`). One socket carries every SRT

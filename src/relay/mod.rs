@@ -1,5 +1,7 @@
-//! Long-running relay workers: pull inputs (`ingest::pull`) and push
-//! outputs (`egress::push`), and the registry that owns them.
+//! Long-running relay workers: pull inputs ([`pull`]: a feed pulled from
+//! a remote RTMP/SRT server into the engine) and push outputs ([`push`]: a
+//! source's output pushed to remote servers), and the registry that owns
+//! them.
 //!
 //! [`Workers`] is one task owning every worker of a kind: the API and the
 //! lifecycle send it commands over a bounded channel and get answers on
@@ -19,12 +21,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod pull;
+pub mod push;
+
 use crate::client::ClientOptions;
 use crate::config::Config;
-use crate::egress::push::{OutputDef, OutputRuntime};
 use crate::engine::EngineHandle;
-use crate::ingest::pull::{PullInputDef, PullRuntime};
 use crate::metrics::Metrics;
+use crate::relay::pull::{PullInputDef, PullRuntime};
+use crate::relay::push::{OutputDef, OutputRuntime};
 use crate::store::Db;
 
 /// What every relay worker needs.
@@ -82,7 +87,7 @@ impl Relays {
             .start(
                 def.id,
                 PullRuntime::new(def.key.clone()),
-                move |cancel, status| crate::ingest::pull::run(def, ctx, cancel, status),
+                move |cancel, status| crate::relay::pull::run(def, ctx, cancel, status),
             )
             .await
     }
@@ -94,7 +99,7 @@ impl Relays {
             .start(
                 def.id,
                 OutputRuntime::new(def.key.clone(), def.enabled),
-                move |cancel, status| crate::egress::push::run(def, ctx, cancel, status),
+                move |cancel, status| crate::relay::push::run(def, ctx, cancel, status),
             )
             .await
     }
