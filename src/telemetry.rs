@@ -37,6 +37,9 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter_directives(configured.as_deref())))
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or journal gets plain
+        // text (`peer=…` greps as written).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -312,6 +312,18 @@ fn no_secret_in_logs_answers_or_audit() {
         "no line about the odd application:\n{log}"
     );
     assert!(log.contains("publish refused"), "{log}");
+    // A connection's lines carry its span: the peer, then the stream and
+    // the feed once known.
+    for (span, line) in [("rtmp{", "publishing"), ("srt{", "SRT publishing")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{span}peer=127.0.0.1:"))
+                    && l.contains(" stream=live")
+                    && l.contains(" feed=")
+                    && l.contains(&format!("}}: {line}"))),
+            "no {line:?} line in a {span}…}} span:\n{log}"
+        );
+    }
     assert!(
         log.contains("\"GET /api/v1/tokens?stream=live1&token=*** HTTP/1.1\""),
         "no access log line for the query with a token:\n{log}"

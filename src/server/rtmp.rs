@@ -34,6 +34,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use self::guard::{InputGuard, InputRefused, Phase};
 use super::url::{parse_stream_key, StreamRequest};
@@ -113,7 +115,10 @@ pub async fn serve(
         }
         let ctx = ctx.clone();
         let cancel = cancel.clone();
-        tracker.spawn(async move {
+        // Every line of this connection carries its peer, and its stream
+        // and feed once known (recorded by the session).
+        let span = tracing::info_span!("rtmp", %peer, stream = Empty, feed = Empty);
+        let session = async move {
             let slot = match ctx.limits.acquire(peer.ip()) {
                 Ok(s) => s,
                 Err(which) => {
@@ -122,26 +127,30 @@ pub async fn serve(
                         .with_label_values(&["rtmp", which.label()])
                         .inc();
                     if ctx.log.allow("rtmp_limit", Some(peer.ip())) {
-                        tracing::warn!(%peer, limit = which.label(), "RTMP connection refused: limit reached");
+                        tracing::warn!(
+                            limit = which.label(),
+                            "RTMP connection refused: limit reached"
+                        );
                     }
                     return;
                 }
             };
             let _ = sock.set_nodelay(true);
             match Connection::run(sock, peer, &ctx, cancel).await {
-                Ok(()) => tracing::debug!(%peer, "RTMP connection closed"),
+                Ok(()) => tracing::debug!("RTMP connection closed"),
                 Err(e) => {
                     ctx.metrics
                         .session_errors
                         .with_label_values(&["rtmp", e.kind()])
                         .inc();
                     if ctx.log.allow("rtmp_session_error", Some(peer.ip())) {
-                        tracing::warn!(%peer, error = %e, "RTMP session closed");
+                        tracing::warn!(error = %e, "RTMP session closed");
                     }
                 }
             }
             drop(slot);
-        });
+        };
+        tracker.spawn(session.instrument(span));
     }
 }
 
@@ -391,7 +400,7 @@ impl<'a> Connection<'a> {
                         Some(FeedControl::Disconnect { reason }) => reason,
                         None => "engine dropped the feed".into(),
                     };
-                    tracing::info!(peer = %self.peer, %reason, "disconnecting publisher");
+                    tracing::info!(%reason, "disconnecting publisher");
                     return Ok(());
                 }
                 Wake::Item(Some(first)) => {
@@ -416,7 +425,7 @@ impl<'a> Connection<'a> {
                         }
                         self.flush().await?;
                     }
-                    tracing::debug!(peer = %self.peer, "RTMP session closed: node shut down");
+                    tracing::debug!("RTMP session closed: node shut down");
                     return Ok(());
                 }
             }
@@ -486,7 +495,7 @@ impl<'a> Connection<'a> {
                     self.push_results(r)?;
                 } else {
                     if self.may_log() {
-                        tracing::info!(peer = %self.peer, app = %crate::redact::key(&app_name), "RTMP connect refused: unknown application");
+                        tracing::info!(app = %crate::redact::key(&app_name), "RTMP connect refused: unknown application");
                     }
                     let r = self.session.reject_request(
                         request_id,
@@ -557,7 +566,7 @@ impl<'a> Connection<'a> {
             Ok(Some(media)) => self.send_media(feed, media).await,
             Ok(None) => Ok(()),
             Err(e) => {
-                tracing::debug!(peer = %self.peer, ?track, error = %e, "FLV tag ignored");
+                tracing::debug!(?track, error = %e, "FLV tag ignored");
                 Ok(())
             }
         }
@@ -610,7 +619,7 @@ impl<'a> Connection<'a> {
         }
         if self.ctx.readiness.is_draining() {
             if self.may_log() {
-                tracing::info!(peer = %self.peer, "publish refused: shutting down");
+                tracing::info!("publish refused: shutting down");
             }
             self.ctx
                 .metrics
@@ -624,7 +633,7 @@ impl<'a> Connection<'a> {
             Ok(r) => r,
             Err(e) => {
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, error = %e, "publish refused: bad stream key");
+                    tracing::info!(error = %e, "publish refused: bad stream key");
                 }
                 self.ctx
                     .metrics
@@ -652,7 +661,7 @@ impl<'a> Connection<'a> {
                 .with_label_values(&["missing_token"])
                 .inc();
             if self.may_log() {
-                tracing::info!(peer = %self.peer, stream = %stream, "publish refused: no token");
+                tracing::info!(stream = %stream, "publish refused: no token");
             }
             return self.refuse_publish(
                 request_id,
@@ -668,7 +677,7 @@ impl<'a> Connection<'a> {
             Ok(a) => a,
             Err(AdmitFailure::Throttled(b)) => {
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, stream = %stream, blocked = b.key.kind(), retry_in_ms = b.retry_in.as_millis() as u64, "publish refused: too many failed attempts");
+                    tracing::info!(stream = %stream, blocked = b.key.kind(), retry_in_ms = b.retry_in.as_millis() as u64, "publish refused: too many failed attempts");
                 }
                 return self.refuse_publish(
                     request_id,
@@ -683,7 +692,7 @@ impl<'a> Connection<'a> {
                     .with_label_values(&[r.code()])
                     .inc();
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, stream = %stream, source = %source, reason = r.code(), "publish refused");
+                    tracing::info!(stream = %stream, source = %source, reason = r.code(), "publish refused");
                 }
                 return self.refuse_publish(
                     request_id,
@@ -697,7 +706,7 @@ impl<'a> Connection<'a> {
                     .admission_refusals
                     .with_label_values(&["unavailable"])
                     .inc();
-                tracing::warn!(peer = %self.peer, stream = %stream, error = %e, "publish refused: token store unavailable");
+                tracing::warn!(stream = %stream, error = %e, "publish refused: token store unavailable");
                 return self.refuse_publish(
                     request_id,
                     "NetStream.Publish.Rejected",
@@ -730,7 +739,10 @@ impl<'a> Connection<'a> {
             Ok(handle) => {
                 let r = self.session.accept_request(request_id);
                 self.push_results(r)?;
-                tracing::info!(peer = %self.peer, stream = %stream, feed = %handle.id, "publishing");
+                tracing::Span::current()
+                    .record("stream", tracing::field::display(&stream))
+                    .record("feed", tracing::field::display(handle.id));
+                tracing::info!("publishing");
                 self.state = State::Publishing {
                     feed: handle.id,
                     control: handle.control,
@@ -749,7 +761,7 @@ impl<'a> Connection<'a> {
                     .with_label_values(&[code])
                     .inc();
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, stream = %stream, reason = %refusal, "publish refused");
+                    tracing::info!(stream = %stream, reason = %refusal, "publish refused");
                 }
                 let text = match refusal {
                     PublishRefusal::ShuttingDown => "SHUTTING_DOWN".to_owned(),
@@ -778,7 +790,7 @@ impl<'a> Connection<'a> {
         }
         if self.ctx.readiness.is_draining() {
             if self.may_log() {
-                tracing::info!(peer = %self.peer, "play refused: shutting down");
+                tracing::info!("play refused: shutting down");
             }
             self.close_after_flush = true;
             return refuse(self, "SHUTTING_DOWN");
@@ -787,7 +799,7 @@ impl<'a> Connection<'a> {
             Ok(r) => r,
             Err(e) => {
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, error = %e, "play refused: bad stream key");
+                    tracing::info!(error = %e, "play refused: bad stream key");
                 }
                 return refuse(self, &e.to_string());
             }
@@ -808,7 +820,7 @@ impl<'a> Connection<'a> {
             {
                 let msg = e.public_message();
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, stream = %req.stream, "play refused: {msg}");
+                    tracing::info!(stream = %req.stream, "play refused: {msg}");
                 }
                 return refuse(self, msg);
             }
@@ -825,9 +837,10 @@ impl<'a> Connection<'a> {
             .play(key.clone(), PlayerFormat::Flv)
             .await
             .map_err(|_| SessionError::EngineGone)?;
+        tracing::Span::current().record("stream", tracing::field::display(&key.stream));
         // Anyone may play (unless play_requires_token): limited like refusals.
         if self.ctx.log.allow("rtmp_play", Some(self.peer.ip())) {
-            tracing::info!(peer = %self.peer, stream = %key.stream, source = %key.source, "playing");
+            tracing::info!(source = %key.source, "playing");
         }
         self.state = State::Playing {
             stream_id,
@@ -864,7 +877,7 @@ impl<'a> Connection<'a> {
             Ok(n) => n,
             Err(why) => {
                 if self.may_log() {
-                    tracing::info!(peer = %self.peer, feed = %feed, reason = %why, "relay play refused");
+                    tracing::info!(feed = %feed, reason = %why, "relay play refused");
                 }
                 return refuse(self, "invalid cluster credential");
             }
@@ -884,7 +897,10 @@ impl<'a> Connection<'a> {
         };
         let r = self.session.accept_request(request_id);
         self.push_results(r)?;
-        tracing::info!(peer = %self.peer, node = %peer_node, feed = %feed, stream = %key.stream, "relaying a feed to a cluster peer");
+        tracing::Span::current()
+            .record("stream", tracing::field::display(&key.stream))
+            .record("feed", tracing::field::display(feed));
+        tracing::info!(node = %peer_node, "relaying a feed to a cluster peer");
         self.state = State::Playing {
             stream_id,
             key,

@@ -31,6 +31,8 @@ use srt_tokio::options::KeySize;
 use srt_tokio::{ConnectionRequest, SrtIncoming, SrtSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use super::url::{parse_srt_stream_id, SrtMode, StreamIdError};
 use super::{AdmitFailure, IngestContext};
@@ -148,18 +150,22 @@ pub async fn serve(
         };
         let ctx = ctx.clone();
         let stop = cancel.clone();
-        tracker.spawn(async move {
-            let peer = req.remote();
+        let peer = req.remote();
+        // Every line of this connection carries its peer, and its stream
+        // and feed once known (recorded by the session).
+        let span = tracing::info_span!("srt", %peer, stream = Empty, feed = Empty);
+        let session = async move {
             if let Err(e) = contained(handle(req, &ctx, &stop)).await {
                 ctx.metrics
                     .session_errors
                     .with_label_values(&["srt", "session"])
                     .inc();
                 if ctx.log.allow("srt_session_error", Some(peer.ip())) {
-                    tracing::warn!(%peer, error = %e, "SRT session ended with an error");
+                    tracing::warn!(error = %e, "SRT session ended with an error");
                 }
             }
-        });
+        };
+        tracker.spawn(session.instrument(span));
     }
 }
 
@@ -205,7 +211,7 @@ async fn reject(
 ) -> std::io::Result<()> {
     let peer = req.remote();
     if ctx.log.allow("srt_refused", Some(peer.ip())) {
-        tracing::info!(%peer, code, reason = why, "SRT connection refused");
+        tracing::info!(code, reason = why, "SRT connection refused");
     }
     // libsrt adds 1000 to the API code on the wire; sending the bare code
     // made libsrt callers read reason `code - 1000` ("Unknown or erroneous").
@@ -245,7 +251,10 @@ async fn handle(
             .with_label_values(&["encryption"])
             .inc();
         if ctx.log.allow("srt_refused", Some(peer.ip())) {
-            tracing::info!(%peer, reason = "encryption requested; not supported", "SRT connection refused");
+            tracing::info!(
+                reason = "encryption requested; not supported",
+                "SRT connection refused"
+            );
         }
         let wire = RejectReason::try_from(codes::WIRE_UNSECURE)
             .unwrap_or(RejectReason::CoreUnrecognized(codes::WIRE_UNSECURE));
@@ -349,7 +358,10 @@ async fn handle(
                     return Err(e);
                 }
             };
-            tracing::info!(%peer, stream = %key.stream, source = %key.source, feed = %handle.id, "SRT publishing");
+            tracing::Span::current()
+                .record("stream", tracing::field::display(&key.stream))
+                .record("feed", tracing::field::display(handle.id));
+            tracing::info!(source = %key.source, "SRT publishing");
             let result = contained(publish(socket, handle.id, handle.control, ctx, stop)).await;
             ctx.engine.unpublish(handle.id).await;
             result
@@ -361,8 +373,9 @@ async fn handle(
                 Err(_) => return Ok(()),
             };
             // Anyone may play (unless play_requires_token): limited like refusals.
+            tracing::Span::current().record("stream", tracing::field::display(&key.stream));
             if ctx.log.allow("srt_play", Some(peer.ip())) {
-                tracing::info!(%peer, stream = %key.stream, source = %key.source, "SRT playing");
+                tracing::info!(source = %key.source, "SRT playing");
             }
             let result = contained(play(socket, player.items, stop)).await;
             ctx.engine.unplay(key, player.id).await;
