@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod live_tokens;
 pub mod media;
 pub mod metrics;
+pub mod percent;
 pub mod readiness;
 pub mod redact;
 pub mod relay;

@@ -200,24 +200,7 @@ impl fmt::Debug for ClientUrl {
 }
 
 fn percent_decode(s: &str) -> Result<String, UrlError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let v = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(UrlError::Escape)?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| UrlError::Escape)
+    crate::percent::decode(s, false).ok_or(UrlError::Escape)
 }
 
 /// A parameter's name as an error may show it: a bare value (`?SECRET`)

@@ -56,31 +56,7 @@ fn part_name(what: Option<&str>) -> String {
 /// Decode `%XX` and `+` of the part `what` names ([`part_name`]); invalid
 /// escapes are an error that does not repeat the text.
 fn percent_decode(s: &str, what: Option<&str>) -> Result<String, RequestError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| RequestError::Query(part_name(what)))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| RequestError::Query(part_name(what)))
+    crate::percent::decode(s, true).ok_or_else(|| RequestError::Query(part_name(what)))
 }
 
 /// Parse `STREAM[?k=v&...]`. Unknown parameters are ignored (encoders add
@@ -273,10 +249,13 @@ mod tests {
             parse_stream_key("s?sourceId=a/b"),
             Err(RequestError::Source(_))
         ));
-        assert!(matches!(
-            parse_stream_key("s?token=%zz"),
-            Err(RequestError::Query(_))
-        ));
+        // A sign is not a hex digit (`u8::from_str_radix` would take `+1`).
+        for key in ["s?token=%zz", "s?token=%+1", "s?token=%-1", "s?token=%1"] {
+            assert!(
+                matches!(parse_stream_key(key), Err(RequestError::Query(_))),
+                "{key}"
+            );
+        }
         assert!(matches!(
             parse_stream_key("s?token=a&token=b"),
             Err(RequestError::Duplicate("token"))
