@@ -1036,3 +1036,88 @@ fn bench_redis_commands_at_rest() {
     );
     drop(handles);
 }
+
+/// The messages published on the test's control channel while `act` runs
+/// and for `settle` after it (each node reads the channel; a message
+/// published twice for one action would show here).
+fn control_messages(tc: &TestCluster, settle: Duration, act: impl FnOnce()) -> Vec<String> {
+    let client = redis::Client::open(tc.redis_url.as_str()).expect("redis url");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect");
+    con.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut sub = con.as_pubsub();
+    sub.subscribe(format!("{}:control", tc.prefix))
+        .expect("subscribe");
+    act();
+    let end = Instant::now() + settle;
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        if let Ok(msg) = sub.get_message() {
+            seen.push(msg.get_payload::<String>().expect("payload"));
+        }
+    }
+    seen
+}
+
+/// One operator action, one cluster message: a reprioritize through ap
+/// sends a single command on the control channel, and eu, receiving it,
+/// both drops the token's cached row and disconnects the token's encoder.
+/// A token disable is one message too.
+#[test]
+fn a_reprioritize_publishes_exactly_one_cluster_message() {
+    const S: &str = "onemsg";
+    let tc = TestCluster::new(&shared_redis_url());
+    let eu = tc.node("eu-1", "eu");
+    let ap = tc.node("ap-1", "ap");
+    wait_until("two nodes know each other", Duration::from_secs(15), || {
+        [&eu, &ap].iter().all(|n| {
+            n.get("/api/v1/cluster/nodes")["nodes"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2)
+        })
+    });
+    let (token, secret) = tc.token(&ap, &[S], 100);
+    let mut enc = media::publish(Fixture::A, &eu.rtmp(&format!("{S}?token={secret}")));
+    wait_until(
+        "both nodes elect the eu feed",
+        Duration::from_secs(20),
+        || agree_on(&[&eu, &ap], S, "eu-1").is_some(),
+    );
+
+    let seen = control_messages(&tc, Duration::from_secs(2), || {
+        let (st, v) = ap.call(
+            "POST",
+            &format!("/api/v1/tokens/{token}/reprioritize"),
+            Some(&tc.key),
+            Some(&json!({ "priority": 90, "disconnect": true }).to_string()),
+        );
+        assert_eq!(st, 200, "{v}");
+        let affected = v["affected"].as_array().expect("affected");
+        assert_eq!(affected.len(), 1, "{v}");
+        assert_eq!(affected[0]["node"], "eu-1", "{v}");
+        assert!(
+            v["unanswered"].as_array().is_some_and(|u| u.is_empty()),
+            "{v}"
+        );
+    });
+    assert_eq!(seen.len(), 1, "one message for one reprioritize: {seen:?}");
+    assert!(seen[0].contains("reprioritize"), "{}", seen[0]);
+    assert!(
+        enc.wait_timeout(Duration::from_secs(10)).is_some(),
+        "the node that received the reprioritize did not disconnect the encoder"
+    );
+
+    let seen = control_messages(&tc, Duration::from_secs(2), || {
+        let (st, v) = ap.call(
+            "PATCH",
+            &format!("/api/v1/tokens/{token}"),
+            Some(&tc.key),
+            Some(&json!({ "enabled": false }).to_string()),
+        );
+        assert_eq!(st, 200, "{v}");
+    });
+    assert_eq!(seen.len(), 1, "one message for one token change: {seen:?}");
+    assert!(seen[0].contains("token_changed"), "{}", seen[0]);
+}

@@ -1,8 +1,9 @@
 //! `/api/v1/api-keys` (admin scope): create, list and revoke operator keys.
-//! The secret is returned once, by create; only its hash is stored.
+//! The secret is returned once, by create; only its hash is stored. Keys
+//! are created and revoked by [`crate::auth::api_keys`] (the CLI uses the
+//! same functions).
 
 use actix_web::{web, HttpResponse};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -10,43 +11,9 @@ use uuid::Uuid;
 use super::auth::{Admin, Auth};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
-use crate::auth::api_keys::{self, Scope};
-use crate::store::api_keys::{self as q, ApiKeyRow};
-use crate::store::audit::NewAudit;
-use crate::store::{self, StoreError};
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ApiKey {
-    pub id: Uuid,
-    #[schema(example = "ops laptop")]
-    pub name: String,
-    /// The visible start of the secret, to tell keys apart.
-    #[schema(example = "pmy_1a2b3c4d")]
-    pub prefix: String,
-    pub scopes: Vec<Scope>,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-impl ApiKey {
-    pub fn from_row(row: &ApiKeyRow) -> Self {
-        Self {
-            id: row.id,
-            name: row.name.clone(),
-            prefix: row.prefix.clone(),
-            scopes: row
-                .scopes
-                .iter()
-                .flatten()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
-            created_at: row.created_at,
-            last_used_at: row.last_used_at,
-            revoked_at: row.revoked_at,
-        }
-    }
-}
+use crate::auth::api_keys::Scope;
+pub use crate::auth::api_keys::{create_key, revoke_key, ApiKey, CreateKeyError};
+use crate::store::api_keys as q;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyWithSecret {
@@ -73,89 +40,6 @@ pub struct PageQuery {
     pub page: Option<u32>,
     /// Items per page (default 50).
     pub per_page: Option<u32>,
-}
-
-/// Validate, insert and audit a new key; returns the row and its secret.
-/// Shared by the API and the CLI's bootstrap command.
-pub fn create_key(
-    conn: &mut diesel::PgConnection,
-    name: &str,
-    scopes: &[Scope],
-    actor: &str,
-) -> Result<(ApiKeyRow, api_keys::ApiSecret), CreateKeyError> {
-    let n = name.chars().count();
-    if n == 0 || n > 128 || name.chars().any(char::is_control) {
-        return Err(CreateKeyError::Invalid(
-            "name: must be 1–128 characters without control characters".into(),
-        ));
-    }
-    if scopes.is_empty() {
-        return Err(CreateKeyError::Invalid(
-            "scopes: at least one of read, write, admin".into(),
-        ));
-    }
-    let mut scopes = scopes.to_vec();
-    scopes.sort();
-    scopes.dedup();
-    let generated = api_keys::generate();
-    let row = ApiKeyRow {
-        id: Uuid::new_v4(),
-        name: name.to_owned(),
-        prefix: generated.prefix.clone(),
-        secret_hash: generated.hash.to_vec(),
-        scopes: scopes.iter().map(|s| Some(s.as_str().to_owned())).collect(),
-        created_at: Utc::now(),
-        last_used_at: None,
-        revoked_at: None,
-    };
-    use diesel::Connection;
-    let row = conn.transaction(|c| {
-        let row = q::insert(c, &row)?;
-        store::audit::record(
-            c,
-            NewAudit {
-                actor,
-                action: "api_key.create",
-                target: &format!("api_key:{}", row.id),
-                before: None,
-                after: serde_json::to_value(ApiKey::from_row(&row)).ok(),
-            },
-        )?;
-        Ok::<_, StoreError>(row)
-    })?;
-    Ok((row, generated.secret))
-}
-
-/// Revoke a key and audit it. Shared by the API and the CLI.
-pub fn revoke_key(
-    conn: &mut diesel::PgConnection,
-    id: Uuid,
-    actor: &str,
-) -> Result<ApiKeyRow, StoreError> {
-    use diesel::Connection;
-    conn.transaction(|c| {
-        let before = q::find(c, id)?;
-        let row = q::revoke(c, id)?;
-        store::audit::record(
-            c,
-            NewAudit {
-                actor,
-                action: "api_key.revoke",
-                target: &format!("api_key:{id}"),
-                before: serde_json::to_value(ApiKey::from_row(&before)).ok(),
-                after: serde_json::to_value(ApiKey::from_row(&row)).ok(),
-            },
-        )?;
-        Ok(row)
-    })
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CreateKeyError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Create an API key.

@@ -10,8 +10,9 @@ use super::auth::{Admin, Auth, Read};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::auth::publish::{AdmitError, Refusal};
-use crate::cluster::{NodeInfo, RedisState};
+use crate::cluster::{commands, NodeInfo, RedisState};
 use crate::domain::{SourceId, StreamName};
+use crate::store::audit::{decision, Change};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterNodes {
@@ -155,27 +156,10 @@ pub async fn director(
         .region
         .or_else(|| m.settings.preferred_region.clone())
         .unwrap_or_else(|| m.settings.region.clone());
-    let mut nodes: Vec<NodeInfo> = m
-        .nodes(&state.metrics, state.readiness.is_draining())
-        .into_iter()
-        .filter(|n| !n.draining)
-        .collect();
-    // Preferred region first, then by region name; inside a region the
-    // least loaded node first.
-    nodes.sort_by(|a, b| {
-        (
-            a.region != region,
-            &a.region,
-            a.feeds as i64 + a.players,
-            &a.node,
-        )
-            .cmp(&(
-                b.region != region,
-                &b.region,
-                b.feeds as i64 + b.players,
-                &b.node,
-            ))
-    });
+    let groups = director_groups(
+        m.nodes(&state.metrics, state.readiness.is_draining()),
+        &region,
+    );
     let srt_id = if source.is_default() {
         format!("#!::r={stream},m=publish")
     } else {
@@ -186,27 +170,53 @@ pub async fn director(
     } else {
         format!("{stream}?sourceId={source}")
     };
-    let group = |url: &dyn Fn(&NodeInfo) -> String| {
-        let mut groups: Vec<Vec<IngestTarget>> = Vec::new();
-        for n in &nodes {
-            let target = IngestTarget {
-                node: n.node.clone(),
-                region: n.region.clone(),
-                url: url(n),
-            };
-            match groups.last_mut() {
-                Some(g) if g[0].region == n.region => g.push(target),
-                _ => groups.push(vec![target]),
-            }
-        }
+    let targets = |url: &dyn Fn(&NodeInfo) -> String| -> Vec<Vec<IngestTarget>> {
         groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|n| IngestTarget {
+                        node: n.node.clone(),
+                        region: n.region.clone(),
+                        url: url(n),
+                    })
+                    .collect()
+            })
+            .collect()
     };
     Ok(web::Json(DirectorAnswer {
         stream: stream.to_string(),
-        rtmp: group(&|n| format!("rtmp://{}/live/{rtmp_path}", n.rtmp)),
-        srt: group(&|n| format!("srt://{}?streamid={srt_id}", n.srt)),
+        rtmp: targets(&|n| format!("rtmp://{}/live/{rtmp_path}", n.rtmp)),
+        srt: targets(&|n| format!("srt://{}?streamid={srt_id}", n.srt)),
         region,
     }))
+}
+
+/// The Director's ordering rule: the nodes an encoder may publish to, as
+/// ordered groups. Draining nodes are left out; one group per region, the
+/// `preferred` region first, then the others by region name; inside a
+/// group the least loaded node (feeds + players) first, ties by node id.
+pub fn director_groups(nodes: Vec<NodeInfo>, preferred: &str) -> Vec<Vec<NodeInfo>> {
+    let mut nodes: Vec<NodeInfo> = nodes.into_iter().filter(|n| !n.draining).collect();
+    nodes.sort_by(|a, b| {
+        let key = |n: &NodeInfo| {
+            (
+                n.region != preferred,
+                n.region.clone(),
+                n.feeds as i64 + n.players,
+                n.node.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut groups: Vec<Vec<NodeInfo>> = Vec::new();
+    for n in nodes {
+        match groups.last_mut() {
+            Some(g) if g[0].region == n.region => g.push(n),
+            _ => groups.push(vec![n]),
+        }
+    }
+    groups
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -255,32 +265,103 @@ pub async fn drain_node(
     };
     let actor = auth.actor();
     let audit_target = format!("node:{node}");
+    let change = Change::new(
+        "node.drain",
+        Some(serde_json::json!({ "draining": target.draining })),
+        Some(serde_json::json!({ "draining": true })),
+    );
     state
         .db
-        .run(move |c| {
-            crate::store::audit::record(
-                c,
-                crate::store::audit::NewAudit {
-                    actor: &actor,
-                    action: "node.drain",
-                    target: &audit_target,
-                    before: Some(serde_json::json!({ "draining": target.draining })),
-                    after: Some(serde_json::json!({ "draining": true })),
-                },
-            )
-        })
+        .run(move |c| decision(c, &actor, &audit_target, change))
         .await?;
-    let g = cluster
-        .broadcast_as(
-            Some(auth.actor()),
-            crate::cluster::Command::Drain { node: node.clone() },
-        )
-        .await;
-    let answered = g.acks.iter().any(|a| a.node == node);
+    let answered = commands::drain_other(&state.node(), &auth.actor(), &node)
+        .await
+        .map_err(|_| ApiError::unavailable("engine_stopped", "the gateway is shutting down"))?;
     tracing::info!(node = %node, answered, caller = %auth.actor(), "drain of another node requested");
     Ok(actix_web::HttpResponse::Accepted().json(RemoteDrain {
         node,
         region: target.region,
         answered,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::director_groups;
+    use crate::cluster::NodeInfo;
+
+    fn node(name: &str, region: &str, feeds: usize, players: i64, draining: bool) -> NodeInfo {
+        NodeInfo {
+            node: name.into(),
+            region: region.into(),
+            http: format!("{name}:8080"),
+            rtmp: format!("{name}:1935"),
+            srt: format!("{name}:9000"),
+            draining,
+            local: false,
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            lease_age_ms: 0,
+            feeds,
+            players,
+        }
+    }
+
+    fn names(groups: &[Vec<NodeInfo>]) -> Vec<Vec<&str>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|n| n.node.as_str()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn the_preferred_region_comes_first_then_regions_by_name() {
+        let nodes = vec![
+            node("us-1", "us", 0, 0, false),
+            node("ap-1", "ap", 0, 0, false),
+            node("eu-1", "eu", 0, 0, false),
+            node("eu-2", "eu", 0, 0, false),
+        ];
+        assert_eq!(
+            names(&director_groups(nodes, "eu")),
+            [vec!["eu-1", "eu-2"], vec!["ap-1"], vec!["us-1"]]
+        );
+    }
+
+    #[test]
+    fn inside_a_region_the_least_loaded_node_comes_first() {
+        let nodes = vec![
+            node("eu-1", "eu", 3, 2, false),
+            node("eu-2", "eu", 1, 1, false),
+            node("eu-3", "eu", 0, 5, false),
+            node("eu-4", "eu", 2, 0, false),
+        ];
+        // Loads 5, 2, 5, 2: ties by node id.
+        assert_eq!(
+            names(&director_groups(nodes, "eu")),
+            [vec!["eu-2", "eu-4", "eu-1", "eu-3"]]
+        );
+    }
+
+    #[test]
+    fn draining_nodes_are_never_offered() {
+        let nodes = vec![
+            node("eu-1", "eu", 0, 0, true),
+            node("eu-2", "eu", 9, 9, false),
+            node("us-1", "us", 0, 0, true),
+        ];
+        assert_eq!(names(&director_groups(nodes, "us")), [vec!["eu-2"]]);
+        assert!(director_groups(vec![node("a", "eu", 0, 0, true)], "eu").is_empty());
+    }
+
+    #[test]
+    fn an_unknown_preferred_region_orders_every_region_by_name() {
+        let nodes = vec![
+            node("us-1", "us", 0, 0, false),
+            node("eu-1", "eu", 0, 0, false),
+        ];
+        assert_eq!(
+            names(&director_groups(nodes, "sa")),
+            [vec!["eu-1"], vec!["us-1"]]
+        );
+    }
 }

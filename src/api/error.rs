@@ -117,6 +117,36 @@ impl ApiError {
     }
 }
 
+/// The failure of a write that validates inside its transaction
+/// ([`crate::store::audit::audited`]): refused with an answer for the
+/// caller, or failed in the store. Either way nothing was written.
+pub(super) enum WriteError {
+    Refused(ApiError),
+    Store(StoreError),
+}
+
+impl WriteError {
+    /// The answer, naming `what` for a store error.
+    pub(super) fn into_api(self, what: &str) -> ApiError {
+        match self {
+            WriteError::Refused(e) => e,
+            WriteError::Store(e) => ApiError::from_store(e, what),
+        }
+    }
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError::Store(e)
+    }
+}
+
+impl From<diesel::result::Error> for WriteError {
+    fn from(e: diesel::result::Error) -> Self {
+        WriteError::Store(e.into())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         Self::from_store(e, "resource")

@@ -2,8 +2,6 @@
 //! kicking a feed. Answers come from the engine (live state is not
 //! persisted).
 
-use std::time::Duration;
-
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,12 +10,12 @@ use uuid::Uuid;
 use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
-use crate::cluster::Command;
-use crate::domain::{FeedId, StreamName, TokenId};
+use crate::cluster::commands::{self, KickError};
+use crate::domain::{FeedId, StreamName};
 use crate::engine::{FeedView, SourceView, StreamView};
 use crate::relay::pull::PullStatus;
 use crate::relay::push::OutputStatus;
-use crate::store::{self, audit::NewAudit};
+use crate::store::audit::{decision, Change};
 
 fn engine_gone(_: crate::engine::EngineGone) -> ApiError {
     ApiError::unavailable("engine_stopped", "the gateway is shutting down")
@@ -153,16 +151,6 @@ pub struct StreamOutput {
     pub status: OutputStatus,
 }
 
-/// The ban of a kicked feed, for every other node.
-fn ban_command(v: &FeedView, ban_seconds: u32) -> Option<Command> {
-    Some(Command::Ban {
-        token: TokenId(v.token_id),
-        stream: v.stream.parse().ok()?,
-        source_id: v.source_id.parse().ok()?,
-        ban_seconds,
-    })
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -214,7 +202,6 @@ pub async fn kick(
         ));
     }
     let id = id.into_inner();
-    let ban_for = Duration::from_secs(u64::from(ban));
     // What is to be kicked, as this node's election knows it.
     let streams = state.engine.snapshot().await.map_err(engine_gone)?;
     let Some(known) = find_feed(streams, id) else {
@@ -224,75 +211,28 @@ pub async fn kick(
     let actor = auth.actor();
     let after = serde_json::json!({"ban_seconds": ban, "token_id": known.token_id,
         "stream": known.stream, "source_id": known.source_id, "node": known.node});
-    let before = serde_json::to_value(&known).ok();
+    let change = Change::new("feed.kick", serde_json::to_value(&known).ok(), Some(after));
     let audit_actor = actor.clone();
     state
         .db
-        .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &audit_actor,
-                        action: "feed.kick",
-                        target: &format!("feed:{id}"),
-                        before,
-                        after: Some(after),
-                    },
-                )
-            })
-        })
+        .run(move |c| decision(c, &audit_actor, &format!("feed:{id}"), change))
         .await?;
     // Carried out here, or by whichever node has it.
-    let local = state
-        .engine
-        .kick(FeedId(id), ban_for)
-        .await
-        .map_err(engine_gone)?;
-    let view = match (local, state.cluster()) {
-        (Some(v), cluster) => {
-            if let (Some(c), Some(cmd)) = (cluster, ban_command(&v, ban).filter(|_| ban > 0)) {
-                c.send_as(Some(actor), cmd);
-            }
-            v
+    let view = match commands::kick(&state.node(), &actor, FeedId(id), ban).await {
+        Ok(v) => v,
+        Err(KickError::Engine(e)) => return Err(engine_gone(e)),
+        Err(KickError::NotFound { unanswered }) if !unanswered.is_empty() => {
+            let names: Vec<String> = unanswered.iter().map(|n| n.node.clone()).collect();
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "live feed not found; nodes {} did not answer",
+                    names.join(", ")
+                ),
+            ));
         }
-        (None, Some(c)) => {
-            let g = c
-                .broadcast_as(Some(actor.clone()), Command::Kick { feed: FeedId(id) })
-                .await;
-            let found = g
-                .acks
-                .into_iter()
-                .find_map(|a| a.outcome.affected.into_iter().next());
-            match found {
-                Some(v) => {
-                    if ban > 0 {
-                        if let (Ok(stream), Ok(source)) = (v.stream.parse(), v.source_id.parse()) {
-                            let key = crate::engine::SourceKey { stream, source };
-                            let _ = state.engine.ban(TokenId(v.token_id), key, ban_for).await;
-                        }
-                        if let Some(cmd) = ban_command(&v, ban) {
-                            c.send_as(Some(actor), cmd);
-                        }
-                    }
-                    v
-                }
-                None if !g.missing.is_empty() => {
-                    let names: Vec<String> = g.missing.iter().map(|n| n.node.clone()).collect();
-                    return Err(ApiError::new(
-                        actix_web::http::StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!(
-                            "live feed not found; nodes {} did not answer",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-                None => return Err(ApiError::not_found("live feed")),
-            }
-        }
-        (None, None) => return Err(ApiError::not_found("live feed")),
+        Err(KickError::NotFound { .. }) => return Err(ApiError::not_found("live feed")),
     };
     tracing::info!(feed = %id, node = %view.node, ban_seconds = ban, "feed kicked");
     Ok(web::Json(view))

@@ -56,6 +56,26 @@ impl AppState {
     pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
         self.membership.get().and_then(|m| m.cluster.as_ref())
     }
+
+    /// This node for the command service ([`crate::cluster::commands`]):
+    /// what handlers hand their node commands to.
+    pub fn node(&self) -> crate::cluster::commands::Node {
+        let cluster = self.cluster().cloned();
+        let readiness = self.readiness.clone();
+        let lease = cluster.clone();
+        crate::cluster::commands::Node::new(
+            self.config.node_id.clone(),
+            self.engine.clone(),
+            self.admission.clone(),
+            cluster,
+            Arc::new(move || {
+                readiness.begin_drain();
+                if let Some(c) = &lease {
+                    c.set_draining();
+                }
+            }),
+        )
+    }
 }
 
 /// One page of a list.

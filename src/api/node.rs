@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::auth::{Admin, Auth};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, NodeState};
-use crate::store::audit::{self, NewAudit};
+use crate::store::audit::{decision, Change};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DrainStarted {
@@ -47,20 +47,14 @@ pub async fn drain(
     if !already_draining {
         let actor = auth.actor();
         let target = format!("node:{}", state.config.node_id);
+        let change = Change::new(
+            "node.drain",
+            Some(serde_json::json!({ "state": before })),
+            Some(serde_json::json!({ "state": NodeState::Draining })),
+        );
         state
             .db
-            .run(move |c| {
-                audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
-                        action: "node.drain",
-                        target: &target,
-                        before: Some(serde_json::json!({ "state": before })),
-                        after: Some(serde_json::json!({ "state": NodeState::Draining })),
-                    },
-                )
-            })
+            .run(move |c| decision(c, &actor, &target, change))
             .await?;
         if state.readiness.begin_drain() {
             tracing::info!(caller = %auth.actor(), "drain requested through the API");

@@ -13,13 +13,13 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Auth, Read, Write};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, WriteError};
 use super::pull_inputs::check_writable;
 use super::{AppState, Page};
 use crate::relay::push::{audit_value, redacted_targets, OutputDef, OutputStatus};
-use crate::store::audit::NewAudit;
+use crate::store::audit::{audited, Change};
 use crate::store::push_outputs::{self as q, PushOutputRow};
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
@@ -134,32 +134,27 @@ async fn update(
     let row = state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
+            Ok(audited(c, &actor, &format!("output:{id}"), |c| {
                 let old = q::find_for_update(c, id)?.ok_or(StoreError::NotFound)?;
                 let problem = OutputDef::from_row(&old).err().map(|e| e.to_string());
                 check_writable("push output", id, problem, &old.node_id, &node)?;
                 let mut new = old.clone();
                 change(&mut new);
                 if let Err(e) = OutputDef::from_row(&new) {
-                    return Ok(Err(ApiError::unprocessable(e.to_string())));
+                    return Err(WriteError::Refused(ApiError::unprocessable(e.to_string())));
                 }
                 let new = q::save(c, &new)?;
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
-                        action: "output.update",
-                        target: &format!("output:{id}"),
-                        before: Some(audit_value(&old)),
-                        after: Some(audit_value(&new)),
-                    },
-                )?;
-                Ok::<_, StoreError>(Ok(new))
-            })
+                let change = Change::new(
+                    "output.update",
+                    Some(audit_value(&old)),
+                    Some(audit_value(&new)),
+                );
+                Ok((new, change))
+            }))
         })
         .await
-        .map_err(|e| ApiError::from_store(e, "push output"))??;
+        .map_err(|e| ApiError::from_store(e, "push output"))?
+        .map_err(|e| e.into_api("push output"))?;
     Ok(row)
 }
 
@@ -207,39 +202,24 @@ pub async fn create(
     let (row, created) = state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
-                let target = format!("output:{}", row.id);
+            let target = format!("output:{}", row.id);
+            audited(c, &actor, &target, |c| {
                 match q::find_for_update(c, row.id)? {
                     Some(old) => {
                         let problem = OutputDef::from_row(&old).err().map(|e| e.to_string());
                         check_writable("push output", old.id, problem, &old.node_id, &node)?;
                         let new = q::save(c, &row)?;
-                        store::audit::record(
-                            c,
-                            NewAudit {
-                                actor: &actor,
-                                action: "output.replace",
-                                target: &target,
-                                before: Some(audit_value(&old)),
-                                after: Some(audit_value(&new)),
-                            },
-                        )?;
-                        Ok::<_, StoreError>((new, false))
+                        let change = Change::new(
+                            "output.replace",
+                            Some(audit_value(&old)),
+                            Some(audit_value(&new)),
+                        );
+                        Ok::<_, StoreError>(((new, false), change))
                     }
                     None => {
                         let new = q::insert(c, &row)?;
-                        store::audit::record(
-                            c,
-                            NewAudit {
-                                actor: &actor,
-                                action: "output.create",
-                                target: &target,
-                                before: None,
-                                after: Some(audit_value(&new)),
-                            },
-                        )?;
-                        Ok((new, true))
+                        let change = Change::new("output.create", None, Some(audit_value(&new)));
+                        Ok(((new, true), change))
                     }
                 }
             })
@@ -402,23 +382,13 @@ pub async fn delete(
     state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
+            audited(c, &actor, &format!("output:{id}"), |c| {
                 let row = q::find_for_update(c, id)?.ok_or(StoreError::NotFound)?;
                 let problem = OutputDef::from_row(&row).err().map(|e| e.to_string());
                 check_writable("push output", id, problem, &row.node_id, &node)?;
                 q::delete(c, id)?;
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
-                        action: "output.delete",
-                        target: &format!("output:{id}"),
-                        before: Some(audit_value(&row)),
-                        after: None,
-                    },
-                )?;
-                Ok::<_, StoreError>(())
+                let change = Change::new("output.delete", Some(audit_value(&row)), None);
+                Ok::<_, StoreError>(((), change))
             })
         })
         .await

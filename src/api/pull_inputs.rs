@@ -19,9 +19,9 @@ use super::auth::{Auth, Read, Write};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
 use crate::relay::pull::{audit_value, redacted_urls, PullInputDef, PullStatus};
-use crate::store::audit::NewAudit;
+use crate::store::audit::{audited, Change};
 use crate::store::pull_inputs::{self as q, PullInputRow};
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// How long a delete waits for the worker to leave the election.
 const STOP_WAIT: Duration = Duration::from_secs(3);
@@ -185,39 +185,25 @@ pub async fn create(
     let (row, created) = state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
-                let target = format!("pull_input:{}", row.id);
+            let target = format!("pull_input:{}", row.id);
+            audited(c, &actor, &target, |c| {
                 match q::find_for_update(c, row.id)? {
                     Some(old) => {
                         let problem = PullInputDef::from_row(&old).err().map(|e| e.to_string());
                         check_writable("pull input", old.id, problem, &old.node_id, &node)?;
                         let new = q::save(c, &row)?;
-                        store::audit::record(
-                            c,
-                            NewAudit {
-                                actor: &actor,
-                                action: "pull_input.replace",
-                                target: &target,
-                                before: Some(audit_value(&old)),
-                                after: Some(audit_value(&new)),
-                            },
-                        )?;
-                        Ok::<_, StoreError>((new, false))
+                        let change = Change::new(
+                            "pull_input.replace",
+                            Some(audit_value(&old)),
+                            Some(audit_value(&new)),
+                        );
+                        Ok::<_, StoreError>(((new, false), change))
                     }
                     None => {
                         let new = q::insert(c, &row)?;
-                        store::audit::record(
-                            c,
-                            NewAudit {
-                                actor: &actor,
-                                action: "pull_input.create",
-                                target: &target,
-                                before: None,
-                                after: Some(audit_value(&new)),
-                            },
-                        )?;
-                        Ok((new, true))
+                        let change =
+                            Change::new("pull_input.create", None, Some(audit_value(&new)));
+                        Ok(((new, true), change))
                     }
                 }
             })
@@ -345,23 +331,13 @@ pub async fn delete(
     state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
+            audited(c, &actor, &format!("pull_input:{id}"), |c| {
                 let row = q::find_for_update(c, id)?.ok_or(StoreError::NotFound)?;
                 let problem = PullInputDef::from_row(&row).err().map(|e| e.to_string());
                 check_writable("pull input", id, problem, &row.node_id, &node)?;
                 q::delete(c, id)?;
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
-                        action: "pull_input.delete",
-                        target: &format!("pull_input:{id}"),
-                        before: Some(audit_value(&row)),
-                        after: None,
-                    },
-                )?;
-                Ok::<_, StoreError>(())
+                let change = Change::new("pull_input.delete", Some(audit_value(&row)), None);
+                Ok::<_, StoreError>(((), change))
             })
         })
         .await

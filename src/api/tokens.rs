@@ -1,7 +1,8 @@
-//! `/api/v1/tokens`: publish tokens. Handlers validate, run one store
-//! transaction (row + audit record), then apply the change to the token's
-//! live feeds here and on every other node ([`crate::live_tokens`]), and
-//! map the result. A secret is returned only by create and refresh. No
+//! `/api/v1/tokens`: publish tokens. Handlers validate, run one audited
+//! store write (row + audit record in one transaction,
+//! [`crate::store::audit::audited`]), then hand the change of the token's
+//! live feeds, here and on every other node, to the command service
+//! ([`crate::cluster::commands`]), and map the result. A secret is returned only by create and refresh. No
 //! handler holds a database connection while matching regex rules.
 
 mod model;
@@ -16,40 +17,23 @@ pub use model::{
 };
 
 use super::auth::{Auth, Read, Write};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, WriteError};
 use super::{AppState, Page};
 use crate::auth::tokens::{
     check_label, check_no_control, check_rule, invalid, normalize_ips, StreamRule, TokenRules,
     LABEL_MAX,
 };
-use crate::cluster::Command;
+use crate::cluster::commands;
 use crate::domain::{StreamName, TokenId};
-use crate::store::audit::NewAudit;
+use crate::store::audit::{audited, Change};
 use crate::store::tokens::{self as q, TokenRow};
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
-/// Apply a change of the token's row to its live feeds: here first (so a
-/// node never needs Redis to act on its own feeds), then on every other
-/// node, waiting for their answers a bounded time. A node that does not
-/// answer converges through its periodic re-check.
+/// Apply a change of the token's row to its live feeds, here and on every
+/// other node ([`commands::token_changed`]).
 async fn apply_change(state: &AppState, actor: &str, id: Uuid) {
-    let token = TokenId(id);
-    match crate::live_tokens::recheck(&state.admission, &state.engine, token).await {
-        Ok(_) => {}
-        Err(e) => {
-            state.admission.invalidate(token);
-            tracing::warn!(token_id = %id, error = %e, "cannot re-check the token's live feeds now; the periodic re-check will");
-        }
-    }
-    if let Some(c) = state.cluster() {
-        let g = c
-            .broadcast_as(Some(actor.to_owned()), Command::TokenChanged { token })
-            .await;
-        let remote: usize = g.acks.iter().map(|a| a.outcome.affected.len()).sum();
-        if remote > 0 {
-            tracing::info!(token_id = %id, feeds = remote, "other nodes disconnected feeds the token no longer allows");
-        }
-    }
+    // A stopped engine has no live feeds left to judge.
+    let _ = commands::token_changed(&state.node(), actor, TokenId(id)).await;
 }
 
 /// Validate a stream list and IP list together, as admission will compile them.
@@ -119,23 +103,14 @@ pub async fn create(
         updated_at: now,
     };
     let actor = auth.actor();
+    let target = format!("token:{}", row.id);
     let row = state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
+            audited(c, &actor, &target, |c| {
                 let row = q::insert(c, &row)?;
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
-                        action: "token.create",
-                        target: &format!("token:{}", row.id),
-                        before: None,
-                        after: Some(Token::audit_value(&row)),
-                    },
-                )?;
-                Ok::<_, StoreError>(row)
+                let after = Some(Token::audit_value(&row));
+                Ok::<_, StoreError>((row, Change::new("token.create", None, after)))
             })
         })
         .await?;
@@ -408,41 +383,26 @@ async fn write_token<F>(
 where
     F: FnOnce(&mut TokenRow) -> Result<(), ApiError> + Send + 'static,
 {
-    enum Failure {
-        Api(ApiError),
-        Store(StoreError),
-    }
-    impl From<StoreError> for Failure {
-        fn from(e: StoreError) -> Self {
-            Failure::Store(e)
-        }
-    }
-    impl From<diesel::result::Error> for Failure {
-        fn from(e: diesel::result::Error) -> Self {
-            Failure::Store(e.into())
-        }
-    }
     let result = state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            Ok(c.transaction::<_, Failure, _>(|c| {
-                let before = q::find_for_update(c, id)?;
-                let mut row = before.clone();
-                change(&mut row).map_err(Failure::Api)?;
-                let after = q::save(c, &row)?;
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
+            Ok(audited::<_, WriteError>(
+                c,
+                &actor,
+                &format!("token:{id}"),
+                |c| {
+                    let before = q::find_for_update(c, id)?;
+                    let mut row = before.clone();
+                    change(&mut row).map_err(WriteError::Refused)?;
+                    let after = q::save(c, &row)?;
+                    let change = Change::new(
                         action,
-                        target: &format!("token:{id}"),
-                        before: Some(Token::audit_value(&before)),
-                        after: Some(Token::audit_value(&after)),
-                    },
-                )?;
-                Ok((before, after))
-            }))
+                        Some(Token::audit_value(&before)),
+                        Some(Token::audit_value(&after)),
+                    );
+                    Ok(((before, after), change))
+                },
+            ))
         })
         .await
         .map_err(|e| ApiError::from_store(e, "token"))?;
@@ -452,8 +412,7 @@ where
             tracing::info!(token_id = %id, action, "publish token changed");
             Ok((before, after))
         }
-        Err(Failure::Api(e)) => Err(e),
-        Err(Failure::Store(e)) => Err(ApiError::from_store(e, "token")),
+        Err(e) => Err(e.into_api("token")),
     }
 }
 
@@ -540,30 +499,15 @@ pub async fn reprioritize(
     })
     .await?;
     let previous_priority = before.priority;
-    let mut report = state
-        .engine
-        .reprioritize(TokenId(id), row.priority, body.disconnect)
-        .await
-        .map_err(|_| ApiError::unavailable("engine_stopped", "the gateway is shutting down"))?;
-    // Applied here first; then every other node, answering within a bound.
-    let mut unanswered = Vec::new();
-    if let Some(c) = state.cluster() {
-        let g = c
-            .broadcast_as(
-                Some(auth.actor()),
-                Command::Reprioritize {
-                    token: TokenId(id),
-                    priority: row.priority,
-                    disconnect: body.disconnect,
-                },
-            )
-            .await;
-        for ack in g.acks {
-            report.affected.extend(ack.outcome.affected);
-            report.pinned.extend(ack.outcome.pinned);
-        }
-        unanswered = g.missing;
-    }
+    let report = commands::reprioritize(
+        &state.node(),
+        &auth.actor(),
+        TokenId(id),
+        row.priority,
+        body.disconnect,
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("engine_stopped", "the gateway is shutting down"))?;
     tracing::info!(token_id = %id, ?previous_priority, priority = ?row.priority, disconnect = body.disconnect,
         affected = report.affected.len(), pinned = report.pinned.len(), "token reprioritized");
     Ok(web::Json(ReprioritizeResult {
@@ -576,7 +520,7 @@ pub async fn reprioritize(
             .map(AffectedFeed::from_view)
             .collect(),
         pinned: report.pinned.iter().map(AffectedFeed::from_view).collect(),
-        unanswered,
+        unanswered: report.unanswered,
     }))
 }
 
@@ -602,20 +546,10 @@ pub async fn delete(
     state
         .db
         .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
+            audited(c, &actor, &format!("token:{id}"), |c| {
                 let row = q::delete(c, id)?;
-                store::audit::record(
-                    c,
-                    NewAudit {
-                        actor: &actor,
-                        action: "token.delete",
-                        target: &format!("token:{id}"),
-                        before: Some(Token::audit_value(&row)),
-                        after: None,
-                    },
-                )?;
-                Ok::<_, StoreError>(())
+                let before = Some(Token::audit_value(&row));
+                Ok::<_, StoreError>(((), Change::new("token.delete", before, None)))
             })
         })
         .await

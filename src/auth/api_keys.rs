@@ -4,15 +4,25 @@
 //! Secret format: `pmy_<8 hex>_<43 base64url>`; the part before the second
 //! underscore is the prefix, stored in clear to find the row and shown in
 //! listings so operators can tell keys apart.
+//!
+//! Creating and revoking a key (with its audit record) happens here, for
+//! the API and the CLI alike.
 
 use std::fmt;
 use std::str::FromStr;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::store::api_keys::{self as q, ApiKeyRow};
+use crate::store::audit::{audited, Change};
+use crate::store::StoreError;
 
 const PREFIX_TAG: &str = "pmy_";
 
@@ -140,6 +150,107 @@ pub fn prefix_of(secret: &str) -> Option<&str> {
 pub fn matches(secret: &str, stored_hash: &[u8]) -> bool {
     let h = hash(secret);
     stored_hash.len() == 32 && bool::from(h.ct_eq(stored_hash))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    #[schema(example = "ops laptop")]
+    pub name: String,
+    /// The visible start of the secret, to tell keys apart.
+    #[schema(example = "pmy_1a2b3c4d")]
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    pub fn from_row(row: &ApiKeyRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name.clone(),
+            prefix: row.prefix.clone(),
+            scopes: row
+                .scopes
+                .iter()
+                .flatten()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            revoked_at: row.revoked_at,
+        }
+    }
+}
+
+/// Validate, insert and audit a new key; returns the row and its secret.
+/// Shared by the API and the CLI.
+pub fn create_key(
+    conn: &mut diesel::PgConnection,
+    name: &str,
+    scopes: &[Scope],
+    actor: &str,
+) -> Result<(ApiKeyRow, ApiSecret), CreateKeyError> {
+    let n = name.chars().count();
+    if n == 0 || n > 128 || name.chars().any(char::is_control) {
+        return Err(CreateKeyError::Invalid(
+            "name: must be 1–128 characters without control characters".into(),
+        ));
+    }
+    if scopes.is_empty() {
+        return Err(CreateKeyError::Invalid(
+            "scopes: at least one of read, write, admin".into(),
+        ));
+    }
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    let generated = generate();
+    let row = ApiKeyRow {
+        id: Uuid::new_v4(),
+        name: name.to_owned(),
+        prefix: generated.prefix.clone(),
+        secret_hash: generated.hash.to_vec(),
+        scopes: scopes.iter().map(|s| Some(s.as_str().to_owned())).collect(),
+        created_at: Utc::now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let target = format!("api_key:{}", row.id);
+    let row = audited(conn, actor, &target, |c| {
+        let row = q::insert(c, &row)?;
+        let after = serde_json::to_value(ApiKey::from_row(&row)).ok();
+        Ok::<_, StoreError>((row, Change::new("api_key.create", None, after)))
+    })?;
+    Ok((row, generated.secret))
+}
+
+/// Revoke a key and audit it. Shared by the API and the CLI.
+pub fn revoke_key(
+    conn: &mut diesel::PgConnection,
+    id: Uuid,
+    actor: &str,
+) -> Result<ApiKeyRow, StoreError> {
+    audited(conn, actor, &format!("api_key:{id}"), |c| {
+        let before = q::find(c, id)?;
+        let row = q::revoke(c, id)?;
+        let change = Change::new(
+            "api_key.revoke",
+            serde_json::to_value(ApiKey::from_row(&before)).ok(),
+            serde_json::to_value(ApiKey::from_row(&row)).ok(),
+        );
+        Ok((row, change))
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateKeyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[cfg(test)]

@@ -250,7 +250,7 @@ fn migrate(config: Option<PathBuf>, args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn api_keys(config: Option<PathBuf>, cmd: ApiKeyCommand) -> anyhow::Result<()> {
-    use crate::api::api_keys::{create_key, revoke_key, ApiKey, CreateKeyError};
+    use crate::auth::api_keys::{create_key, revoke_key, ApiKey, CreateKeyError};
     let config = Config::load(config.as_deref())?;
     let mut conn = crate::store::connect(config.database.url.expose())
         .context("connecting to the database")?;

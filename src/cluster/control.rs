@@ -2,7 +2,9 @@
 //!
 //! Every command is applied by the node that receives the API call first
 //! (so a node never needs Redis to act on its own feeds), then sent to the
-//! others; each answers on the sender's ack channel. The sender waits a
+//! others, one message per operator action; each answers on the sender's
+//! ack channel. Both sides carry it out with the same function,
+//! [`super::commands::apply_local`]. The sender waits a
 //! bounded time and reports who did not answer. Requests and acks travel
 //! in signed envelopes; a node that applies a command writes an audit row
 //! naming the sending node (and the operator, when the request carries it).
@@ -16,7 +18,8 @@ use crate::engine::{FeedView, ReprioritizeReport};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    /// The token was disabled or deleted: disconnect its feeds now.
+    /// The token was disabled or deleted: disconnect its feeds now. No
+    /// longer sent (a change is [`Command::TokenChanged`]); still obeyed.
     DisconnectToken { token: TokenId, reason: String },
     /// The token row changed: re-read it and disconnect the live feeds it
     /// no longer allows (answered with those feeds).

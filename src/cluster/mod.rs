@@ -23,6 +23,7 @@
 //!   is a member while its signed lease or heartbeat is fresh; `P:nodes` is
 //!   only a hint. Commands applied here are audited here.
 
+pub mod commands;
 pub mod control;
 
 pub mod envelope;

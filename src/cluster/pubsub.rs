@@ -13,7 +13,6 @@
 //! This node's own messages come back on the shared channels; they are
 //! recognised by their verified signer and skipped.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,15 +22,15 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::commands::{apply_local, Node};
 use super::control::{Ack, Command, Outcome, Request};
 use super::envelope::{Freshness, Kind, Opened, Reject, ReplayGuard};
 use super::registry::{wall_ms, Event};
 use super::rejects::PushOverflow;
 use super::run::{drop_node_feeds, interval};
-use super::{manager_config, Inner, Peer};
-use crate::domain::{FeedId, SourceId, StreamName};
-use crate::engine::SourceKey;
-use crate::store::{self, audit::NewAudit};
+use super::{manager_config, Cluster, Inner, Peer};
+use crate::domain::FeedId;
+use crate::store::audit::{decision, Change};
 
 /// How often the subscriber pings while its connection is down (a
 /// ConnectionManager reconnects, and resubscribes, only when a command is
@@ -307,81 +306,16 @@ async fn on_event(inner: &Arc<Inner>, event: Event, ts: i64) {
     }
 }
 
-/// Apply another node's command here, answer it, and audit what it did
-/// here.
+/// Apply another node's command here (the same [`apply_local`] the API
+/// uses for this node's own), answer it, and audit what it did here.
 async fn on_command(inner: &Arc<Inner>, req: Request) {
-    let e = &inner.engine;
-    let mut outcome = Outcome::default();
-    let mut applied = false;
-    match &req.command {
-        Command::DisconnectToken { token, reason } => {
-            inner.admission.invalidate(*token);
-            if let Ok(gone) = e.token_revoked(*token, reason).await {
-                applied = !gone.is_empty();
-                outcome.affected = gone;
-            }
-        }
-        Command::TokenChanged { token } => {
-            match crate::live_tokens::recheck(&inner.admission, e, *token).await {
-                Ok(revoked) => {
-                    applied = !revoked.is_empty();
-                    outcome.affected = revoked.into_iter().map(|r| r.view).collect();
-                }
-                Err(err) => {
-                    // The cached row is dropped either way; the periodic
-                    // re-check judges the feeds once the row can be read.
-                    inner.admission.invalidate(*token);
-                    tracing::warn!(token_id = %token, error = %err, "cannot re-check a changed token's feeds now");
-                }
-            }
-        }
-        Command::Reprioritize {
-            token,
-            priority,
-            disconnect,
-        } => {
-            inner.admission.invalidate(*token);
-            if let Ok(report) = e.reprioritize(*token, *priority, *disconnect).await {
-                outcome = report.into();
-                applied = !outcome.affected.is_empty() || !outcome.pinned.is_empty();
-            }
-        }
-        Command::Kick { feed } => {
-            if let Ok(Some(view)) = e.kick(*feed, Duration::ZERO).await {
-                outcome.affected.push(view);
-                applied = true;
-            }
-        }
-        Command::Ban {
-            token,
-            stream,
-            source_id,
-            ban_seconds,
-        } => {
-            let key = SourceKey {
-                stream: stream.clone() as StreamName,
-                source: source_id.clone() as SourceId,
-            };
-            let _ = e
-                .ban(*token, key, Duration::from_secs(u64::from(*ban_seconds)))
-                .await;
-            applied = true;
-        }
-        Command::Drain { node } => {
-            if *node == inner.settings.node {
-                tracing::info!(from = %req.from, actor = ?req.actor, "drain requested through the cluster");
-                inner.readiness.begin_drain();
-                inner.draining.store(true, Ordering::Release);
-                inner.renew_now.notify_one();
-                applied = true;
-            }
-        }
-    }
+    let here = command_node(inner);
+    let applied = apply_local(&here, &req.command).await.unwrap_or_default();
     let ack = Ack {
         id: req.id,
         node: inner.settings.node.clone(),
         region: inner.settings.region.clone(),
-        outcome,
+        outcome: applied.outcome,
     };
     let to = inner.keys.ack(&req.from);
     let payload = inner.seal(Kind::Ack, &to, wall_ms(), &ack);
@@ -393,9 +327,32 @@ async fn on_command(inner: &Arc<Inner>, req: Request) {
     if let Err(err) = r {
         tracing::warn!(to = %req.from, error = %err, "could not answer a cluster command");
     }
-    if applied {
+    if applied.acted {
+        if let Command::Drain { .. } = req.command {
+            tracing::info!(from = %req.from, actor = ?req.actor, "drain requested through the cluster");
+        }
         audit(inner, &req, &ack.outcome).await;
     }
+}
+
+/// This node as the command service acts on it; its drain marks the lease
+/// draining too.
+fn command_node(inner: &Arc<Inner>) -> Node {
+    let readiness = inner.readiness.clone();
+    let cluster = Cluster {
+        inner: inner.clone(),
+    };
+    let drain_lease = cluster.clone();
+    Node::new(
+        inner.settings.node.clone(),
+        inner.engine.clone(),
+        inner.admission.clone(),
+        Some(cluster),
+        Arc::new(move || {
+            readiness.begin_drain();
+            drain_lease.set_draining();
+        }),
+    )
 }
 
 /// The audit row of a command this node applied: actor `cluster:<sender>`,
@@ -424,18 +381,7 @@ async fn audit(inner: &Inner, req: &Request, outcome: &Outcome) {
     });
     let written = inner
         .db
-        .run(move |c| {
-            store::audit::record(
-                c,
-                NewAudit {
-                    actor: &actor,
-                    action,
-                    target: &target,
-                    before,
-                    after: Some(after),
-                },
-            )
-        })
+        .run(move |c| decision(c, &actor, &target, Change::new(action, before, Some(after))))
         .await;
     if let Err(e) = written {
         tracing::error!(from = %req.from, action, error = %e,

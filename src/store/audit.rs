@@ -40,6 +40,72 @@ pub fn record(conn: &mut PgConnection, entry: NewAudit<'_>) -> Result<(), StoreE
     Ok(())
 }
 
+/// What an audited write did, for its record: the action and the target's
+/// state before and after (values that hold no secret).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub action: &'static str,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl Change {
+    pub fn new(
+        action: &'static str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            action,
+            before,
+            after,
+        }
+    }
+}
+
+/// The one way a write is audited: `write` changes the rows and says what
+/// it did; its record (by `actor`, on `target`) is written in the same
+/// transaction, so a change is never kept without its record nor a record
+/// without its change. `write` may fail with its own error `E` (a
+/// validation refused inside the transaction): everything is rolled back.
+/// A write that changes no row (a decision put on record before it is
+/// carried out, e.g. a kick) returns `((), change)`.
+pub fn audited<T, E>(
+    conn: &mut PgConnection,
+    actor: &str,
+    target: &str,
+    write: impl FnOnce(&mut PgConnection) -> Result<(T, Change), E>,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error> + From<StoreError>,
+{
+    use diesel::Connection;
+    conn.transaction(|c| {
+        let (value, change) = write(c)?;
+        record(
+            c,
+            NewAudit {
+                actor,
+                action: change.action,
+                target,
+                before: change.before,
+                after: change.after,
+            },
+        )?;
+        Ok(value)
+    })
+}
+
+/// Put a decision on record on its own (no row changes with it).
+pub fn decision(
+    conn: &mut PgConnection,
+    actor: &str,
+    target: &str,
+    change: Change,
+) -> Result<(), StoreError> {
+    audited(conn, actor, target, |_| Ok::<_, StoreError>(((), change)))
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub target: Option<String>,
