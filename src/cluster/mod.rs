@@ -202,9 +202,16 @@ struct Inner {
     signer: envelope::Signer,
     rejects: rejects::Rejections,
     view: watch::Sender<View>,
-    /// Remote feeds by id (the registry as last read or heard).
+    /// Remote feeds by id (the registry as last read or heard). Shared,
+    /// not owned by one task, for now: the pub/sub task applies feed
+    /// events as they arrive and the main loop replaces the whole map on a
+    /// resync; routing every event through the main loop would put a
+    /// resync's Redis round trips (a scan of every node's feeds) in front
+    /// of each event. The lock is held for map operations only, never
+    /// across an await, and the engine (one task) owns what players see.
     remote: Mutex<HashMap<Uuid, FeedRecord>>,
-    /// Broadcast commands waiting for acks.
+    /// Broadcast commands waiting for acks: inserted and removed by the
+    /// command's sender, read by the pub/sub task (same rule as above).
     pending: Mutex<HashMap<Uuid, mpsc::Sender<Ack>>>,
     draining: AtomicBool,
     /// Wakes the main loop: renew the lease now (draining changed).
