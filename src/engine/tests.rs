@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use super::source::Source;
 use super::view::{FeedView, ReprioritizeReport, SourceView};
-use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, SourceKey};
+use super::{
+    EngineSettings, FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, SourceKey, WallClock,
+};
 use crate::domain::{FeedId, Priority, TokenId};
 use crate::election::ElectionParams;
 use crate::media::{self, Codec, CodecConfig, FlvItem, Frame, Track};
@@ -440,10 +442,16 @@ impl H {
             source: Default::default(),
         };
         let metrics = Arc::new(Metrics::new());
+        let base = Instant::now();
         Self {
-            base: Instant::now(),
+            base,
             now_ms: 0,
-            src: Source::new(key, Arc::new(settings), metrics.clone()),
+            src: Source::new(
+                key,
+                Arc::new(settings),
+                metrics.clone(),
+                WallClock::new(base, chrono::Utc::now()),
+            ),
             metrics,
             feeds: Vec::new(),
             next_player: 0,
