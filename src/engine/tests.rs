@@ -36,6 +36,7 @@ const C: u8 = b'C';
 const A2: u8 = b'a';
 mod loss;
 mod remote;
+mod switch_props;
 mod tokens;
 
 /// A pinned feed (`priority=` publish parameter).
