@@ -541,6 +541,25 @@ impl Source {
         let Some(on) = self.switch.on_air_mut() else {
             return;
         };
+        if frame.track == Track::Video {
+            let gap = self
+                .feeds
+                .get(&on.feed)
+                .map_or(1, |s| s.interval.interval_ms())
+                .max(1);
+            let last = self.clock.last_track_dts(Track::Video);
+            if frame.dts < on.rebase.in_base
+                || last.is_some_and(|l| on.rebase.map(frame.dts) < l.saturating_sub(gap))
+            {
+                // The feed's own clock stepped back (an encoder or a
+                // playout that restarted its timeline on the same
+                // connection): continue the output after what went out,
+                // as at a cut, instead of dropping its frames until its
+                // clock is past the cut point again.
+                on.rebase = Rebase::new(frame.dts, self.clock.next_base(gap));
+                on.audio_floor = self.clock.last_track_dts(Track::Audio);
+            }
+        }
         if frame.dts < on.rebase.in_base {
             // Belongs before the cut point (e.g. audio ahead of the keyframe).
             return;

@@ -1787,3 +1787,38 @@ fn draining_the_pending_target_keeps_the_primary_on_air_untouched() {
     no_control(h.feed_mut(B));
     assert_b_uninterrupted(&h, &drain(&mut p));
 }
+
+#[test]
+fn an_on_air_feed_whose_clock_steps_back_keeps_going_out() {
+    // A feed on air since frame 0 (input DTS 0) whose encoder restarts its
+    // timeline on the same connection: 40 ms back, below its cut point,
+    // in the middle of a GOP. Its frames keep going out, continuing the
+    // output timeline, instead of being dropped as "before the cut".
+    let mut h = H::new();
+    let mut p = h.player(1 << 16);
+    h.join(spec(A, 100));
+    h.run_to(1_010);
+    assert_eq!(h.primary(), Some(A));
+    let mut log = drain(&mut p);
+    let before = videos(&log, A).len();
+    h.feed_mut(A).spec.dts0 -= 1_040;
+    h.run_to(2_000);
+    log.extend(drain(&mut p));
+    let v = videos(&log, A);
+    assert!(
+        v.len() > before + 25,
+        "frames after the step went out: {v:?}"
+    );
+    assert_consecutive(
+        "A's video",
+        &v.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(),
+    );
+    assert_monotonic(&log);
+    assert_headers_precede_frames(&log);
+    // The output continues one frame interval after the last frame out.
+    let step = v[before].1 - v[before - 1].1;
+    assert!(
+        (1..=40).contains(&step),
+        "output step at the jump: {step} ms"
+    );
+}
