@@ -1,5 +1,16 @@
 //! One source: its election, its switch and its fan-out.
 //!
+//! The story of a switch: an event (a feed joins, leaves, falls silent, is
+//! reprioritized) goes to the election; each decision goes to the
+//! [`Switch`] state machine (`super::switch`), which changes phase
+//! (vacant, on air, switching) and says what to do; [`Source::carry_out`]
+//! does it — take a feed off the air, cut at a cached keyframe (`cut`:
+//! rebase, header, cache), let players go — and `emit` fans each frame of
+//! the feed on air out to the players. Frames ([`Switch::frame`]) and the
+//! timer ([`Switch::tick`]) drive the switch the same way. What the API
+//! sees is in `source/views.rs`, feeds of other nodes in
+//! `source/remote.rs`, token operations in `source/tokens.rs`.
+//!
 //! Invariants: at most one feed is on air; every frame players receive has
 //! gone through the on-air feed's `Rebase` and the source's `OutputClock`,
 //! so output timestamps are continuous and monotonic across switches; a new
