@@ -654,11 +654,19 @@ impl Source {
             if let Some(slot) = self.feeds.get(&on.feed) {
                 // Start at once from the on-air feed's cached GOP, with the
                 // timestamps those frames had when they went out.
+                // Only what already went out: never past the last output of
+                // its track (cached audio stamped before a step back of the
+                // feed's clock would map beyond it).
                 let mut clock = OutputClock::new();
+                let live = &self.clock;
                 let frames: Vec<Frame> = slot
                     .gop
                     .frames()
                     .filter(|f| f.dts >= on.rebase.in_base)
+                    .filter(|f| {
+                        live.last_track_dts(f.track)
+                            .is_some_and(|l| on.rebase.map(f.dts) <= l)
+                    })
                     .map(|f| {
                         let out = clock.enforce_monotonic(on.rebase.apply(f));
                         clock.observe(&out);

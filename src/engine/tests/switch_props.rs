@@ -2,8 +2,9 @@
 //! [`Source`] level under virtual time over random sequences of feeds
 //! joining, leaving, stalling, being reprioritized and sending frames with
 //! random timestamps: encoder clocks that wrap at 2^32 (unwrapped per track,
-//! as the RTMP demuxer does), audio sent ahead of the video, B-frames
-//! (PTS above DTS, varying).
+//! as the RTMP demuxer does) or jump forwards or back on the same
+//! connection, audio sent ahead of the video, B-frames (PTS above DTS,
+//! varying).
 //!
 //! Asserted on what players receive, not on the source's internals:
 //! - output DTS strictly increases per track (video) / never goes back
@@ -61,6 +62,9 @@ enum Op {
     /// The feed in `slot` sends nothing for `ms`; then it sends what it
     /// held back at once (`burst`, a TCP stall) or skips it (lost).
     Stall { slot: usize, ms: u64, burst: bool },
+    /// The encoder's clock jumps by `ms` (forwards or backwards) on the
+    /// same connection, both tracks at once (a timeline discontinuity).
+    Jump { slot: usize, ms: i32 },
     /// The slot's token gets a new priority.
     Reprioritize {
         slot: usize,
@@ -103,6 +107,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..SLOTS, 0i32..4, any::<bool>()).prop_map(|(slot, priority, disconnect)| {
             Op::Reprioritize { slot, priority, disconnect }
         }),
+        1 => (0..SLOTS, -100_000i32..100_000).prop_map(|(slot, ms)| Op::Jump { slot, ms }),
         1 => Just(Op::Play),
         8 => (1u64..2_500).prop_map(|ms| Op::Run { ms }),
     ]
@@ -594,6 +599,11 @@ impl Sim {
                     &mut report,
                 );
                 self.check();
+            }
+            Op::Jump { slot, ms } => {
+                if let Some(f) = self.slots[slot].as_mut() {
+                    f.enc.ts0 = f.enc.ts0.wrapping_add_signed(ms);
+                }
             }
             Op::Play => {
                 if self.watchers.len() < 4 {
