@@ -97,8 +97,10 @@ pub(super) struct FeedSlot {
 }
 
 impl FeedSlot {
+    /// `connected_at`: the wall-clock time at `now`.
     pub fn new(
         now: Instant,
+        connected_at: DateTime<Utc>,
         meta: FeedMeta,
         control: mpsc::Sender<FeedControl>,
         gop_max: usize,
@@ -108,7 +110,7 @@ impl FeedSlot {
             meta,
             origin: None,
             control,
-            connected_at: Utc::now(),
+            connected_at,
             joined: now,
             video_cfg: None,
             audio_cfg: None,

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::source::Source;
 use super::{
     EngineSettings, FeedControl, FeedMedia, FeedMeta, PlayerFormat, PlayerItem, SourceKey,
+    WallClock,
 };
 use crate::domain::FeedId;
 use crate::metrics::Metrics;
@@ -31,9 +32,15 @@ impl SourceHarness {
             stream: "live/fuzz".parse().expect("a valid stream name"),
             source: Default::default(),
         };
+        let base = Instant::now();
         Self {
-            base: Instant::now(),
-            src: Source::new(key, Arc::new(settings), Arc::new(Metrics::new())),
+            base,
+            src: Source::new(
+                key,
+                Arc::new(settings),
+                Arc::new(Metrics::new()),
+                WallClock::new(base, chrono::Utc::now()),
+            ),
             controls: HashMap::new(),
         }
     }

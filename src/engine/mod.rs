@@ -16,6 +16,7 @@ pub mod loss;
 mod player;
 mod remote;
 mod source;
+mod switch;
 mod tokens;
 pub mod view;
 
@@ -40,6 +41,32 @@ use remote::RemoteCommand;
 pub use remote::{LocalFeed, RelayState, RemoteFeed, WantedMirror};
 use source::Source;
 pub use view::{FeedView, ReprioritizeReport, SourceView, SrtFeedStats, StreamView, SwitchRecord};
+
+/// A wall-clock reading and the `Instant` it was taken at, read at the
+/// engine's edge (its run loop): switch records derive their wall-clock
+/// stamps from it and the `now` of the decision, so no decision reads a
+/// clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WallClock {
+    at: Instant,
+    wall: chrono::DateTime<chrono::Utc>,
+}
+
+impl WallClock {
+    pub(crate) fn new(at: Instant, wall: chrono::DateTime<chrono::Utc>) -> Self {
+        Self { at, wall }
+    }
+
+    /// The wall-clock time at `now`.
+    pub(crate) fn at(&self, now: Instant) -> chrono::DateTime<chrono::Utc> {
+        let delta = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        if now >= self.at {
+            self.wall + delta(now - self.at)
+        } else {
+            self.wall - delta(self.at - now)
+        }
+    }
+}
 
 /// A source: a stream name plus an optional source id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -463,6 +490,7 @@ pub fn spawn(
         next_player: 1,
         draining: false,
         next_expiry: None,
+        wall: WallClock::new(Instant::now(), chrono::Utc::now()),
     };
     let task = tokio::spawn(engine.run(rx, cancel));
     (EngineHandle { tx, changes }, task)
@@ -480,6 +508,8 @@ struct Engine {
     /// The earliest token expiry among local feeds (may be stale-early:
     /// then the next look finds nothing to expire and recomputes it).
     next_expiry: Option<chrono::DateTime<chrono::Utc>>,
+    /// The wall clock as last read by the run loop.
+    wall: WallClock,
 }
 
 impl Engine {
@@ -490,10 +520,16 @@ impl Engine {
             tokio::select! {
                 biased;
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd, Instant::now()),
+                    Some(cmd) => {
+                        let now = self.read_clocks();
+                        self.handle(cmd, now);
+                    }
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(Instant::now()),
+                _ = tick.tick() => {
+                    let now = self.read_clocks();
+                    self.on_tick(now);
+                }
                 _ = cancel.cancelled(), if !self.draining => {
                     self.draining = true;
                 }
@@ -502,12 +538,20 @@ impl Engine {
         tracing::debug!("engine stopped");
     }
 
+    /// The edge: the one place the engine reads the clocks.
+    fn read_clocks(&mut self) -> Instant {
+        let now = Instant::now();
+        self.wall = WallClock::new(now, chrono::Utc::now());
+        now
+    }
+
     fn source_mut(&mut self, key: &SourceKey) -> &mut Source {
         let settings = self.settings.clone();
         let metrics = self.metrics.clone();
+        let wall = self.wall;
         self.sources
             .entry(key.clone())
-            .or_insert_with(|| Source::new(key.clone(), settings, metrics))
+            .or_insert_with(|| Source::new(key.clone(), settings, metrics, wall))
     }
 
     fn handle(&mut self, cmd: Command, now: Instant) {
@@ -659,6 +703,7 @@ impl Engine {
         self.expire_tokens(now);
         let mut empty = Vec::new();
         for (key, src) in self.sources.iter_mut() {
+            src.set_wall(self.wall);
             src.on_tick(now);
             if src.is_idle() {
                 empty.push(key.clone());

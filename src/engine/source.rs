@@ -1,5 +1,16 @@
 //! One source: its election, its switch and its fan-out.
 //!
+//! The story of a switch: an event (a feed joins, leaves, falls silent, is
+//! reprioritized) goes to the election; each decision goes to the
+//! [`Switch`] state machine (`super::switch`), which changes phase
+//! (vacant, on air, switching) and says what to do; [`Source::carry_out`]
+//! does it — take a feed off the air, cut at a cached keyframe (`cut`:
+//! rebase, header, cache), let players go — and `emit` fans each frame of
+//! the feed on air out to the players. Frames ([`Switch::frame`]) and the
+//! timer ([`Switch::tick`]) drive the switch the same way. What the API
+//! sees is in `source/views.rs`, feeds of other nodes in
+//! `source/remote.rs`, token operations in `source/tokens.rs`.
+//!
 //! Invariants: at most one feed is on air; every frame players receive has
 //! gone through the on-air feed's `Rebase` and the source's `OutputClock`,
 //! so output timestamps are continuous and monotonic across switches; a new
@@ -7,49 +18,29 @@
 //! its first frame; a planned switch keeps the old feed on air until the
 //! new one's keyframe (make-before-break).
 
+mod remote;
 mod tokens;
+mod views;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use tokio::sync::mpsc;
 
 use super::cause::SwitchCause;
-use super::feed::{FeedSlot, Origin};
+use super::feed::FeedSlot;
 use super::feed_players::FeedPlayers;
 use super::loss::Silence;
 use super::player::{Player, PlayerFormat, PlayerItem, Sent};
-use super::remote::LocalFeed;
-use super::view::{FeedView, SourceView, SwitchRecord};
-use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, SourceKey};
+use super::switch::{Action, Cut, OnAir, Switch, SwitchParams, Target};
+use super::view::{FeedView, SwitchRecord};
+use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, SourceKey, WallClock};
 use crate::domain::FeedId;
-use crate::election::{Decision, FeedState, Input, SourceElection, SwitchReason};
+use crate::election::{Decision, Input, SourceElection, SwitchReason};
 use crate::media::ts::mux::TsMuxer;
 use crate::media::{self, Frame, OutputClock, Rebase, Track};
 use crate::metrics::Metrics;
-
-struct OnAir {
-    feed: FeedId,
-    rebase: Rebase,
-    /// The last audio DTS out before this feed went on air: its audio that
-    /// lands before it overlaps the previous feed's and is dropped, until
-    /// one frame lands after it (`None` from then on).
-    audio_floor: Option<i64>,
-}
-
-struct Pending {
-    to: FeedId,
-    from: Option<FeedId>,
-    /// Planned switches fall back to the cached keyframe at this instant.
-    deadline: Option<Instant>,
-    planned: bool,
-    reason: SwitchReason,
-    cause: SwitchCause,
-    /// When the election decided (the cut may come later, at a keyframe).
-    decided: chrono::DateTime<Utc>,
-}
 
 pub(super) struct Source {
     key: SourceKey,
@@ -57,8 +48,10 @@ pub(super) struct Source {
     metrics: Arc<Metrics>,
     election: SourceElection,
     feeds: HashMap<FeedId, FeedSlot>,
-    on_air: Option<OnAir>,
-    pending: Option<Pending>,
+    /// Vacant, on air or switching: which feed players receive.
+    switch: Switch,
+    /// Wall-clock time as the engine last read it (switch records).
+    wall: WallClock,
     clock: OutputClock,
     /// Metadata and codec configurations of the on-air feed, as FLV items.
     header: Vec<PlayerItem>,
@@ -68,7 +61,6 @@ pub(super) struct Source {
     players: Vec<Player>,
     /// Players of one feed each (cluster peers relaying it).
     feed_players: FeedPlayers,
-    vacant_since: Option<Instant>,
     /// When the last frame went out (for switch gaps).
     last_emit: Option<Instant>,
     last_switch: Option<SwitchRecord>,
@@ -107,27 +99,40 @@ fn reason_str(r: SwitchReason) -> &'static str {
 }
 
 impl Source {
-    pub fn new(key: SourceKey, settings: Arc<EngineSettings>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        key: SourceKey,
+        settings: Arc<EngineSettings>,
+        metrics: Arc<Metrics>,
+        wall: WallClock,
+    ) -> Self {
         Self {
+            switch: Switch::new(SwitchParams {
+                failover_next_keyframe: settings.failover_next_keyframe,
+                switch_deadline: settings.switch_deadline,
+                vacant_hold: settings.vacant_hold,
+            }),
+            wall,
             election: SourceElection::new(settings.election.clone()),
             key,
             settings,
             metrics,
             feeds: HashMap::new(),
-            on_air: None,
-            pending: None,
             clock: OutputClock::new(),
             header: Vec::new(),
             ts: None,
             players: Vec::new(),
             feed_players: FeedPlayers::default(),
-            vacant_since: None,
             last_emit: None,
             last_switch: None,
             switches: 0,
             cause: None,
             lost_primary: None,
         }
+    }
+
+    /// The wall clock as the engine last read it.
+    pub fn set_wall(&mut self, wall: WallClock) {
+        self.wall = wall;
     }
 
     pub fn is_idle(&self) -> bool {
@@ -161,6 +166,7 @@ impl Source {
             id,
             FeedSlot::new(
                 now,
+                self.wall.at(now),
                 meta,
                 control,
                 self.settings.gop_cache_max_bytes,
@@ -212,16 +218,7 @@ impl Source {
     /// new feed as primary, so it decides nothing: fail over now (unplanned)
     /// instead of freezing until that keyframe or the switch deadline.
     fn on_air_lost(&mut self, now: Instant, feed: FeedId) {
-        if self.on_air.as_ref().is_none_or(|o| o.feed != feed) {
-            return;
-        }
-        if let Some(p) = self.pending.take() {
-            let d = Decision::Switch {
-                from: Some(feed),
-                to: p.to,
-                planned: false,
-                reason: SwitchReason::PrimaryLost,
-            };
+        if let Some(d) = self.switch.on_air_lost(feed) {
             // Lost before the planned switch completed: the cause is the
             // loss (the caller's), not the reason of the planned switch.
             self.apply(now, vec![d]);
@@ -232,7 +229,7 @@ impl Source {
         if matches!(media, FeedMedia::Frame(_)) && self.lost_primary.is_some_and(|(f, _)| f == id) {
             self.note_comeback(now, id);
         }
-        let on_air = self.on_air.as_ref().map(|o| o.feed) == Some(id);
+        let on_air = self.switch.is_on_air(id);
         let Some(slot) = self.feeds.get_mut(&id) else {
             return;
         };
@@ -291,18 +288,15 @@ impl Source {
                 if became_healthy {
                     self.health_changed(now, id, true);
                 }
-                if self.switches != switches_before
-                    && self.on_air.as_ref().map(|o| o.feed) == Some(id)
-                {
+                if self.switches != switches_before && self.switch.is_on_air(id) {
                     // Just cut to this feed from its cache, which holds this frame.
                     return;
                 }
-                if cut_point && self.pending.as_ref().is_some_and(|p| p.to == id) {
-                    let p = self.pending.take().expect("checked");
-                    self.cut(now, id, p.from, p.planned, (p.reason, p.cause), p.decided);
+                if let Some(cut) = self.switch.frame(id, cut_point) {
+                    self.cut(now, cut);
                     return;
                 }
-                if self.on_air.as_ref().map(|o| o.feed) == Some(id) {
+                if self.switch.is_on_air(id) {
                     self.emit(now, &frame);
                 }
             }
@@ -317,24 +311,37 @@ impl Source {
         self.apply(now, d);
     }
 
-    /// Apply the election's decisions.
+    /// Apply the election's decisions: each one through the switch, which
+    /// says what to do.
     fn apply(&mut self, now: Instant, decisions: Vec<Decision>) {
         for d in decisions {
-            match d {
-                Decision::Switch {
+            let target = match &d {
+                Decision::Switch { to, .. } => self.target(*to),
+                Decision::Vacate { .. } => Target::default(),
+            };
+            let watched = !self.players.is_empty()
+                || self
+                    .switch
+                    .on_air_feed()
+                    .is_some_and(|c| self.feed_players.watching(c));
+            let wall = self.wall.at(now);
+            let actions = self
+                .switch
+                .decide(now, wall, d, self.cause, watched, target);
+            self.carry_out(now, actions);
+        }
+    }
+
+    /// Carry out what the switch decided.
+    fn carry_out(&mut self, now: Instant, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Decided {
                     from,
-                    to,
-                    planned,
                     reason,
+                    planned,
+                    cause,
                 } => {
-                    let cause = SwitchCause::of(reason, self.cause);
-                    if self.on_air.as_ref().is_some_and(|o| o.feed == to) {
-                        // Back to the feed still on air (the target of a
-                        // pending planned switch left or failed before its
-                        // keyframe): nothing changes on air, nothing to cut.
-                        self.pending = None;
-                        continue;
-                    }
                     self.metrics
                         .switches
                         .with_label_values(&[
@@ -344,81 +351,54 @@ impl Source {
                         ])
                         .inc();
                     self.lost_primary = from.filter(|_| cause.is_silence()).map(|f| (f, now));
-                    // Something to cut to: a keyframe, or audio of an audio-only
-                    // feed (a remote feed without a mirror has neither).
-                    let has_cache = self.feeds.get(&to).is_some_and(|f| {
-                        f.gop.has_keyframe() || (!f.has_video() && !f.gop.is_empty())
-                    });
-                    let current = self.on_air.as_ref().map(|o| o.feed);
-                    let relayed = current.is_some_and(|c| self.feed_players.watching(c));
-                    if !has_cache && self.players.is_empty() && !relayed {
-                        // Nobody watches here (typically: the new primary is
-                        // a feed of another node): the old feed goes off the
-                        // air now, so a feed waiting for that is released.
-                        self.off_air(now, from);
-                        self.pending = Some(Pending {
-                            to,
-                            from,
-                            deadline: None,
-                            planned,
-                            reason,
-                            cause,
-                            decided: Utc::now(),
-                        });
-                    } else if planned
-                        && current.is_some()
-                        && current != Some(to)
-                        && !self.cached_keyframe_fresh(to)
-                    {
-                        // Make-before-break: the old feed stays on air until the new keyframe.
-                        self.pending = Some(Pending {
-                            to,
-                            from,
-                            deadline: Some(now + self.settings.switch_deadline),
-                            planned: true,
-                            reason,
-                            cause,
-                            decided: Utc::now(),
-                        });
-                    } else if has_cache
-                        && (!self.settings.failover_next_keyframe || reason == SwitchReason::First)
-                    {
-                        self.pending = None;
-                        self.cut(now, to, from, planned, (reason, cause), Utc::now());
-                    } else {
-                        // Freeze until the new feed's next keyframe.
-                        self.off_air(now, from);
-                        self.pending = Some(Pending {
-                            to,
-                            from,
-                            deadline: None,
-                            planned,
-                            reason,
-                            cause,
-                            decided: Utc::now(),
-                        });
-                    }
                 }
-                Decision::Vacate { from } => {
-                    self.pending = None;
-                    self.off_air(now, Some(from));
-                    self.vacant_since = Some(now);
-                    let detail = self
-                        .cause
-                        .map_or_else(|| "vacant".to_owned(), SwitchCause::detail);
+                Action::GoOffAir { feed } => self.went_off_air(feed),
+                Action::CutAtCache(cut) => self.cut(now, cut),
+                Action::WaitForKeyframe { to } => {
+                    tracing::debug!(stream = %self.key.stream, source = %self.key.source, to = %to,
+                        "planned switch: the feed on air stays until the new one's keyframe");
+                }
+                Action::DeadlinePassed { to } => {
+                    tracing::warn!(stream = %self.key.stream, to = %to, "planned switch deadline passed; cutting at the cached keyframe");
+                }
+                Action::Vacated { from, cause } => {
+                    let detail = cause.map_or_else(|| "vacant".to_owned(), SwitchCause::detail);
                     tracing::warn!(stream = %self.key.stream, source = %self.key.source, from = %from,
                         detail = %detail, "source vacant: no eligible feed");
-                    self.record(
-                        Some(from),
-                        None,
-                        ("vacant", detail),
-                        false,
-                        None,
-                        None,
-                        Utc::now(),
-                    );
+                    let wall = self.wall.at(now);
+                    self.record(SwitchRecord {
+                        at: wall,
+                        decided_at: wall,
+                        from: Some(from.0),
+                        to: None,
+                        reason: "vacant".to_owned(),
+                        detail,
+                        planned: false,
+                        gap_ms: None,
+                        added_latency_ms: None,
+                    });
+                }
+                Action::ReleasePlayers => {
+                    let n = self.players.len();
+                    for p in &mut self.players {
+                        p.close("source vacant");
+                    }
+                    self.players.clear();
+                    self.metrics.players.sub(n as i64);
                 }
             }
+        }
+    }
+
+    /// What `to` holds for a switch to it.
+    fn target(&self, to: FeedId) -> Target {
+        let Some(slot) = self.feeds.get(&to) else {
+            return Target::default();
+        };
+        Target {
+            cached: slot.gop.has_keyframe() || (!slot.has_video() && !slot.gop.is_empty()),
+            empty: slot.gop.is_empty(),
+            fresh_keyframe: self.cached_keyframe_fresh(to),
         }
     }
 
@@ -438,36 +418,25 @@ impl Source {
             })
     }
 
-    /// Take the current feed off the air; disconnect it if it was waiting for that.
-    fn off_air(&mut self, _now: Instant, from: Option<FeedId>) {
-        let old = self.on_air.take().map(|o| o.feed).or(from);
+    /// `feed` left the air: clear its gauge; disconnect it if it was
+    /// waiting for that.
+    fn went_off_air(&mut self, feed: Option<FeedId>) {
         self.metrics
             .active_priority
             .remove_label_values(&[self.key.stream.as_str(), self.key.source.as_str()])
             .ok();
-        if let Some(old) = old {
-            if let Some(slot) = self.feeds.get(&old) {
-                if let Some(reason) = &slot.disconnect_after_cut {
-                    slot.disconnect(reason);
-                }
+        if let Some(slot) = feed.and_then(|f| self.feeds.get(&f)) {
+            if let Some(reason) = &slot.disconnect_after_cut {
+                slot.disconnect(reason);
             }
         }
     }
 
-    /// Cut to `to` at its cached keyframe: header first, then the cached
-    /// frames (just the keyframe for a live cut), all rebased so the output
-    /// continues one frame interval after the last emitted frame.
-    #[allow(clippy::too_many_arguments)]
-    fn cut(
-        &mut self,
-        now: Instant,
-        to: FeedId,
-        from: Option<FeedId>,
-        planned: bool,
-        (reason, cause): (SwitchReason, SwitchCause),
-        decided: chrono::DateTime<Utc>,
-    ) {
-        let Some(slot) = self.feeds.get(&to) else {
+    /// Cut to `cut.to` at its cached keyframe: header first, then the
+    /// cached frames (just the keyframe for a live cut), all rebased so the
+    /// output continues one frame interval after the last emitted frame.
+    fn cut(&mut self, now: Instant, cut: Cut) {
+        let Some(slot) = self.feeds.get(&cut.to) else {
             return;
         };
         let frames: Vec<Frame> = slot.gop.frames().cloned().collect();
@@ -475,38 +444,30 @@ impl Source {
             // Nothing to start from yet: wait for a keyframe. A feed on air
             // that is gone goes off the air now.
             if self
-                .on_air
-                .as_ref()
-                .is_some_and(|o| !self.feeds.contains_key(&o.feed))
+                .switch
+                .on_air_feed()
+                .is_some_and(|f| !self.feeds.contains_key(&f))
             {
-                self.off_air(now, from);
+                let off = self.switch.drop_on_air(cut.from);
+                self.carry_out(now, vec![off]);
             }
-            self.pending = Some(Pending {
-                to,
-                from,
-                deadline: None,
-                planned,
-                reason,
-                cause,
-                decided,
-            });
+            self.switch.wait(cut);
             return;
         };
         let gap = slot.interval.interval_ms().max(1);
         let added_latency = slot.last_dts.map(|l| l - first.dts).filter(|l| *l > 0);
         let priority = slot.meta.priority;
         let rebase = Rebase::new(first.dts, self.clock.next_base(gap));
-        let old = self.on_air.as_ref().map(|o| o.feed).or(from);
-        self.off_air(now, from);
         let audio_floor = self.clock.last_track_dts(Track::Audio);
-        self.on_air = Some(OnAir {
-            feed: to,
+        let replaced = self.switch.put_on_air(OnAir {
+            feed: cut.to,
             rebase,
             audio_floor,
         });
-        self.vacant_since = None;
+        let old = replaced.or(cut.from);
+        self.went_off_air(old);
         self.refresh_header(true);
-        let gap_ms = if planned {
+        let gap_ms = if cut.planned {
             None
         } else {
             self.last_emit
@@ -522,45 +483,26 @@ impl Source {
             .active_priority
             .with_label_values(&[self.key.stream.as_str(), self.key.source.as_str()])
             .set(f64::from(priority.rank()));
-        let added = added_latency;
-        let detail = cause.detail();
+        let detail = cut.cause.detail();
         tracing::info!(stream = %self.key.stream, source = %self.key.source, from = ?old.map(|f| f.to_string()),
-            to = %to, reason = reason_str(reason), detail = %detail, planned, gap_ms = ?gap_ms,
+            to = %cut.to, reason = reason_str(cut.reason), detail = %detail, planned = cut.planned, gap_ms = ?gap_ms,
             cached_frames = frames.len(), "switched");
-        self.record(
-            old,
-            Some(to),
-            (reason_str(reason), detail),
-            planned,
+        self.record(SwitchRecord {
+            at: self.wall.at(now),
+            decided_at: cut.decided,
+            from: old.map(|f| f.0),
+            to: Some(cut.to.0),
+            reason: reason_str(cut.reason).to_owned(),
+            detail,
+            planned: cut.planned,
             gap_ms,
-            added,
-            decided,
-        );
+            added_latency_ms: added_latency,
+        });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &mut self,
-        from: Option<FeedId>,
-        to: Option<FeedId>,
-        (reason, detail): (&str, String),
-        planned: bool,
-        gap_ms: Option<f64>,
-        added_latency_ms: Option<i64>,
-        decided_at: chrono::DateTime<Utc>,
-    ) {
+    fn record(&mut self, record: SwitchRecord) {
         self.switches += 1;
-        self.last_switch = Some(SwitchRecord {
-            at: Utc::now(),
-            decided_at,
-            from: from.map(|f| f.0),
-            to: to.map(|f| f.0),
-            reason: reason.to_owned(),
-            detail,
-            planned,
-            gap_ms,
-            added_latency_ms,
-        });
+        self.last_switch = Some(record);
     }
 
     /// Rebuild the on-air feed's header and send it to synced FLV players;
@@ -580,7 +522,9 @@ impl Source {
 
     fn rebuild_header(&mut self) {
         self.header.clear();
-        let Some(on) = &self.on_air else { return };
+        let Some(on) = self.switch.on_air() else {
+            return;
+        };
         let Some(slot) = self.feeds.get(&on.feed) else {
             return;
         };
@@ -605,9 +549,28 @@ impl Source {
 
     /// Rebase, mux once, fan out.
     fn emit(&mut self, now: Instant, frame: &Frame) {
-        let Some(on) = self.on_air.as_mut() else {
+        let Some(on) = self.switch.on_air_mut() else {
             return;
         };
+        if frame.track == Track::Video {
+            let gap = self
+                .feeds
+                .get(&on.feed)
+                .map_or(1, |s| s.interval.interval_ms())
+                .max(1);
+            let last = self.clock.last_track_dts(Track::Video);
+            if frame.dts < on.rebase.in_base
+                || last.is_some_and(|l| on.rebase.map(frame.dts) < l.saturating_sub(gap))
+            {
+                // The feed's own clock stepped back (an encoder or a
+                // playout that restarted its timeline on the same
+                // connection): continue the output after what went out,
+                // as at a cut, instead of dropping its frames until its
+                // clock is past the cut point again.
+                on.rebase = Rebase::new(frame.dts, self.clock.next_base(gap));
+                on.audio_floor = self.clock.last_track_dts(Track::Audio);
+            }
+        }
         if frame.dts < on.rebase.in_base {
             // Belongs before the cut point (e.g. audio ahead of the keyframe).
             return;
@@ -687,15 +650,23 @@ impl Source {
     ) {
         let mut player = Player::new(id, tx, format);
         self.metrics.players.inc();
-        if let Some(on) = &self.on_air {
+        if let Some(on) = self.switch.on_air() {
             if let Some(slot) = self.feeds.get(&on.feed) {
                 // Start at once from the on-air feed's cached GOP, with the
                 // timestamps those frames had when they went out.
+                // Only what already went out: never past the last output of
+                // its track (cached audio stamped before a step back of the
+                // feed's clock would map beyond it).
                 let mut clock = OutputClock::new();
+                let live = &self.clock;
                 let frames: Vec<Frame> = slot
                     .gop
                     .frames()
                     .filter(|f| f.dts >= on.rebase.in_base)
+                    .filter(|f| {
+                        live.last_track_dts(f.track)
+                            .is_some_and(|l| on.rebase.map(f.dts) <= l)
+                    })
                     .map(|f| {
                         let out = clock.enforce_monotonic(on.rebase.apply(f));
                         clock.observe(&out);
@@ -731,8 +702,8 @@ impl Source {
                     }
                 }
             }
-        } else if self.vacant_since.is_none() && self.pending.is_none() {
-            self.vacant_since = Some(now);
+        } else {
+            self.switch.player_joined(now);
         }
         self.players.push(player);
     }
@@ -743,7 +714,9 @@ impl Source {
         if !self.players.iter().any(|p| p.format == PlayerFormat::Ts) && self.ts.is_none() {
             return;
         }
-        let Some(on) = &self.on_air else { return };
+        let Some(on) = self.switch.on_air() else {
+            return;
+        };
         let Some(slot) = self.feeds.get(&on.feed) else {
             return;
         };
@@ -769,15 +742,14 @@ impl Source {
             // The last peer relaying the feed on air here switched away: a
             // planned switch to a feed that is not here completes now (and
             // releases a feed waiting for it to be disconnected).
-            let unwatched = self.players.is_empty() && !self.feed_players.watching(feed);
-            if unwatched
-                && self.on_air.as_ref().is_some_and(|o| o.feed == feed)
-                && self
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| self.feeds.get(&p.to).is_some_and(|f| f.gop.is_empty()))
-            {
-                self.off_air(now, Some(feed));
+            if self.players.is_empty() && !self.feed_players.watching(feed) {
+                let target = self
+                    .switch
+                    .pending()
+                    .map_or_else(Target::default, |p| self.target(p.to));
+                if let Some(off) = self.switch.unwatched(feed, target) {
+                    self.carry_out(now, vec![off]);
+                }
             }
         }
     }
@@ -848,34 +820,14 @@ impl Source {
             let d = self.election.handle_timeout(now);
             self.apply(now, d);
         }
-        // A planned switch whose new feed sent no keyframe in time cuts at its cached one.
-        if let Some(p) = &self.pending {
-            if p.deadline.is_some_and(|d| d <= now) {
-                let p = self.pending.take().expect("checked");
-                tracing::warn!(stream = %self.key.stream, to = %p.to, "planned switch deadline passed; cutting at the cached keyframe");
-                if self.feeds.get(&p.to).is_some_and(|f| f.gop.is_empty()) {
-                    // Nothing to cut to yet (a remote feed whose mirror has
-                    // not delivered): the old feed goes now, players wait.
-                    self.off_air(now, p.from);
-                }
-                self.cut(now, p.to, p.from, false, (p.reason, p.cause), p.decided);
-            }
-        }
-        // Players of a source vacant for too long are let go.
-        if let Some(since) = self.vacant_since {
-            if self.on_air.is_none()
-                && self.pending.is_none()
-                && now.duration_since(since) >= self.settings.vacant_hold
-            {
-                let n = self.players.len();
-                for p in &mut self.players {
-                    p.close("source vacant");
-                }
-                self.players.clear();
-                self.metrics.players.sub(n as i64);
-                self.vacant_since = None;
-            }
-        }
+        // A planned switch whose new feed sent no keyframe in time cuts at
+        // its cached one; players of a source vacant for too long are let go.
+        let target = self
+            .switch
+            .pending()
+            .map_or_else(Target::default, |p| self.target(p.to));
+        let actions = self.switch.tick(now, target);
+        self.carry_out(now, actions);
     }
 
     /// Media from a feed again: if the air was just taken from it for its
@@ -897,100 +849,6 @@ impl Source {
         }
     }
 
-    fn feed_view(&self, now: Instant, id: FeedId) -> Option<FeedView> {
-        let states = self.election.feeds();
-        self.describe(now, id, states.iter().find(|s| s.feed == id))
-    }
-
-    /// A feed's view, given its election state (if the election knows it).
-    fn describe(&self, now: Instant, id: FeedId, state: Option<&FeedState>) -> Option<FeedView> {
-        let slot = self.feeds.get(&id)?;
-        let primary = self.on_air.as_ref().map(|o| o.feed) == Some(id);
-        let (eligible, label) = match state {
-            _ if primary => (true, "on_air"),
-            Some(s) if s.draining => (false, "draining"),
-            Some(s) if s.in_flap_penalty => (false, "flap_penalty"),
-            Some(s) if s.eligible => (true, "standby"),
-            _ if slot.last_media.is_none() || (!slot.healthy && slot.keyframes == 0) => {
-                (false, "starting")
-            }
-            _ => (false, "unhealthy"),
-        };
-        Some(FeedView {
-            feed_id: id.0,
-            token_id: slot.meta.token_id.0,
-            label: slot.meta.label.clone(),
-            stream: self.key.stream.to_string(),
-            source_id: self.key.source.to_string(),
-            priority: slot.meta.priority.0,
-            pinned: slot.meta.pinned,
-            requested_priority: slot.meta.grant.as_ref().and_then(|g| g.requested),
-            protocol: match slot.meta.protocol {
-                super::Protocol::Rtmp => "rtmp",
-                super::Protocol::Srt => "srt",
-                super::Protocol::Pull => "pull",
-            }
-            .into(),
-            peer: slot.meta.peer.to_string(),
-            node: slot
-                .origin
-                .as_ref()
-                .map_or_else(|| self.settings.node.clone(), |o| o.node.clone()),
-            region: slot
-                .origin
-                .as_ref()
-                .map_or_else(|| self.settings.region.clone(), |o| o.region.clone()),
-            connected_at: slot.connected_at,
-            state: label.into(),
-            eligible,
-            primary,
-            video_kbps: slot.video_kbps(now),
-            audio_kbps: slot.audio_kbps(now),
-            frames: slot.frames,
-            keyframes: slot.keyframes,
-            keyframe_interval_ms: slot.keyframe_interval_ms,
-            frame_interval_ms: slot.interval.interval_ms(),
-            loss_window_ms: slot.loss.as_ref().map(|l| l.window(now).as_millis() as u64),
-            srt: slot.srt.clone(),
-            relay: slot
-                .origin
-                .as_ref()
-                .and_then(|o| o.relay)
-                .map(|r| r.as_str().to_owned()),
-        })
-    }
-
-    pub fn view(&self, now: Instant) -> SourceView {
-        // Best first by the election order, then feeds it does not know yet.
-        let states = self.election.feeds();
-        let mut feeds: Vec<FeedView> = states
-            .iter()
-            .filter_map(|st| self.describe(now, st.feed, Some(st)))
-            .collect();
-        for id in self.feeds.keys() {
-            if !states.iter().any(|st| st.feed == *id) {
-                feeds.extend(self.describe(now, *id, None));
-            }
-        }
-        SourceView {
-            source_id: self.key.source.to_string(),
-            primary: self.on_air.as_ref().map(|o| o.feed.0),
-            elected: self.election.primary().map(|f| f.0),
-            state: if self.on_air.is_some() {
-                "on_air"
-            } else if self.pending.is_some() {
-                "switching"
-            } else {
-                "vacant"
-            }
-            .into(),
-            players: self.players.len(),
-            switches: self.switches,
-            last_switch: self.last_switch.clone(),
-            feeds,
-        }
-    }
-
     pub fn kick(&mut self, now: Instant, feed: FeedId) -> Option<FeedView> {
         if self.feeds.get(&feed).is_none_or(FeedSlot::is_remote) {
             return None;
@@ -1001,169 +859,5 @@ impl Source {
         }
         self.feed_left(now, feed);
         Some(view)
-    }
-
-    /// Add or update a feed of another node (global election).
-    pub fn remote_upsert(&mut self, now: Instant, meta: FeedMeta, origin: Origin) {
-        let id = meta.id;
-        let priority = meta.priority;
-        let mut inputs = Vec::new();
-        match self.feeds.get_mut(&id) {
-            Some(slot) if !slot.is_remote() => return,
-            Some(slot) => {
-                let old = slot.origin.clone().expect("remote");
-                let origin = Origin {
-                    relay: old.relay,
-                    ..origin
-                };
-                if slot.meta.priority != priority {
-                    inputs.push(Input::PriorityChanged { feed: id, priority });
-                }
-                slot.meta = meta;
-                if origin.draining && !old.draining {
-                    inputs.push(Input::Drain { feed: id });
-                }
-                if origin.effective_since() != old.effective_since() {
-                    inputs.push(Input::Remote {
-                        feed: id,
-                        since: origin.effective_since(),
-                    });
-                }
-                slot.origin = Some(origin);
-            }
-            None => {
-                tracing::info!(stream = %self.key.stream, source = %self.key.source, feed = %id,
-                    node = %origin.node, region = %origin.region, priority = ?priority.0, "remote feed joined");
-                // Nobody controls a remote feed from here: its control
-                // channel has no receiver.
-                let (control, _) = mpsc::channel(1);
-                let mut slot =
-                    FeedSlot::new(now, meta, control, self.settings.gop_cache_max_bytes, None);
-                inputs.push(Input::Joined { feed: id, priority });
-                if origin.draining {
-                    inputs.push(Input::Drain { feed: id });
-                }
-                inputs.push(Input::Remote {
-                    feed: id,
-                    since: origin.eligible_since,
-                });
-                slot.origin = Some(origin);
-                self.feeds.insert(id, slot);
-            }
-        }
-        for input in inputs {
-            let cause = match input {
-                Input::PriorityChanged { .. } => SwitchCause::Reprioritized,
-                Input::Drain { .. } => SwitchCause::Drained,
-                _ => SwitchCause::Unavailable,
-            };
-            self.with_cause(cause, |s| {
-                let d = s.election.handle_input(now, input);
-                s.apply(now, d);
-            });
-        }
-    }
-
-    /// The mirror of a remote feed changed state.
-    pub fn relay_state(&mut self, now: Instant, feed: FeedId, state: Option<super::RelayState>) {
-        let Some(slot) = self.feeds.get_mut(&feed) else {
-            return;
-        };
-        let Some(origin) = slot.origin.as_mut() else {
-            return;
-        };
-        let before = origin.effective_since();
-        origin.relay = state;
-        let after = origin.effective_since();
-        if matches!(state, None | Some(super::RelayState::Retrying)) {
-            // Its cache is stale from now on: cut to it only from fresh media.
-            slot.mark_unhealthy();
-        }
-        if before != after {
-            self.with_cause(SwitchCause::Unavailable, |s| {
-                let d = s
-                    .election
-                    .handle_input(now, Input::Remote { feed, since: after });
-                s.apply(now, d);
-            });
-        }
-    }
-
-    /// The ids of this source's remote feeds.
-    pub fn remote_ids(&self) -> impl Iterator<Item = FeedId> + '_ {
-        self.feeds
-            .iter()
-            .filter(|(_, f)| f.is_remote())
-            .map(|(id, _)| *id)
-    }
-
-    /// What the registry publishes about this source's local feeds.
-    pub fn local_records(&self, out: &mut Vec<LocalFeed>) {
-        let states = self.election.feeds();
-        for st in &states {
-            let Some(slot) = self.feeds.get(&st.feed) else {
-                continue;
-            };
-            if slot.is_remote() {
-                continue;
-            }
-            out.push(LocalFeed {
-                key: self.key.clone(),
-                meta: slot.meta.clone(),
-                connected_at: slot.connected_at,
-                eligible_since: st.eligible_since,
-                healthy: st.healthy,
-                draining: st.draining,
-                on_air: self.on_air.as_ref().is_some_and(|o| o.feed == st.feed),
-            });
-        }
-    }
-
-    /// Remote feeds this node should mirror: the primary when it is remote
-    /// and someone watches here, (`runner_up`) the best other remote feed,
-    /// and every remote feed whose relay is broken while its node still
-    /// reports it eligible. The last keeps the broken relay retrying (and
-    /// the feed unavailable here) until it recovers or leaves the registry:
-    /// stopping it would forget the breakage, make the feed look available
-    /// again, elect it back and stop the relay to its replacement, over and
-    /// over, until its node's lease expired.
-    pub fn wanted_mirrors(&self, runner_up: bool, out: &mut Vec<(SourceKey, FeedId, String)>) {
-        if self.players.is_empty() {
-            return;
-        }
-        let first = out.len();
-        let states = self.election.feeds();
-        let primary = self.election.primary();
-        // The feed still on air during a planned switch away from it.
-        if let Some(on) = self.on_air.as_ref().filter(|o| Some(o.feed) != primary) {
-            if let Some(o) = self.feeds.get(&on.feed).and_then(|f| f.origin.as_ref()) {
-                out.push((self.key.clone(), on.feed, o.node.clone()));
-            }
-        }
-        let mut taken = 0;
-        for st in states
-            .iter()
-            .filter(|s| s.eligible || Some(s.feed) == primary)
-        {
-            let is_primary = Some(st.feed) == primary;
-            if !is_primary && (!runner_up || taken >= 1) {
-                continue;
-            }
-            if !is_primary {
-                taken += 1;
-            }
-            if let Some(o) = self.feeds.get(&st.feed).and_then(|f| f.origin.as_ref()) {
-                out.push((self.key.clone(), st.feed, o.node.clone()));
-            }
-        }
-        for (id, slot) in &self.feeds {
-            let Some(o) = slot.origin.as_ref() else {
-                continue;
-            };
-            let broken = o.relay == Some(super::RelayState::Retrying) && o.eligible_since.is_some();
-            if broken && !out[first..].iter().any(|(_, f, _)| f == id) {
-                out.push((self.key.clone(), *id, o.node.clone()));
-            }
-        }
     }
 }

@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use super::source::Source;
 use super::view::{FeedView, ReprioritizeReport, SourceView};
-use super::{EngineSettings, FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, SourceKey};
+use super::{
+    EngineSettings, FeedControl, FeedMedia, FeedMeta, PlayerItem, Protocol, SourceKey, WallClock,
+};
 use crate::domain::{FeedId, Priority, TokenId};
 use crate::election::ElectionParams;
 use crate::media::{self, Codec, CodecConfig, FlvItem, Frame, Track};
@@ -34,6 +36,7 @@ const C: u8 = b'C';
 const A2: u8 = b'a';
 mod loss;
 mod remote;
+mod switch_props;
 mod tokens;
 
 /// A pinned feed (`priority=` publish parameter).
@@ -440,10 +443,16 @@ impl H {
             source: Default::default(),
         };
         let metrics = Arc::new(Metrics::new());
+        let base = Instant::now();
         Self {
-            base: Instant::now(),
+            base,
             now_ms: 0,
-            src: Source::new(key, Arc::new(settings), metrics.clone()),
+            src: Source::new(
+                key,
+                Arc::new(settings),
+                metrics.clone(),
+                WallClock::new(base, chrono::Utc::now()),
+            ),
             metrics,
             feeds: Vec::new(),
             next_player: 0,
@@ -1777,4 +1786,39 @@ fn draining_the_pending_target_keeps_the_primary_on_air_untouched() {
     assert_eq!(h.view().switches, switches);
     no_control(h.feed_mut(B));
     assert_b_uninterrupted(&h, &drain(&mut p));
+}
+
+#[test]
+fn an_on_air_feed_whose_clock_steps_back_keeps_going_out() {
+    // A feed on air since frame 0 (input DTS 0) whose encoder restarts its
+    // timeline on the same connection: 40 ms back, below its cut point,
+    // in the middle of a GOP. Its frames keep going out, continuing the
+    // output timeline, instead of being dropped as "before the cut".
+    let mut h = H::new();
+    let mut p = h.player(1 << 16);
+    h.join(spec(A, 100));
+    h.run_to(1_010);
+    assert_eq!(h.primary(), Some(A));
+    let mut log = drain(&mut p);
+    let before = videos(&log, A).len();
+    h.feed_mut(A).spec.dts0 -= 1_040;
+    h.run_to(2_000);
+    log.extend(drain(&mut p));
+    let v = videos(&log, A);
+    assert!(
+        v.len() > before + 25,
+        "frames after the step went out: {v:?}"
+    );
+    assert_consecutive(
+        "A's video",
+        &v.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(),
+    );
+    assert_monotonic(&log);
+    assert_headers_precede_frames(&log);
+    // The output continues one frame interval after the last frame out.
+    let step = v[before].1 - v[before - 1].1;
+    assert!(
+        (1..=40).contains(&step),
+        "output step at the jump: {step} ms"
+    );
 }

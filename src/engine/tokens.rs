@@ -42,7 +42,7 @@ impl Engine {
         let Some(at) = self.next_expiry else {
             return;
         };
-        let wall = Utc::now();
+        let wall = self.wall.at(now);
         if at > wall {
             return;
         }

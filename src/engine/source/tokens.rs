@@ -66,7 +66,7 @@ impl Source {
             };
             report.affected.push(view);
             if disconnect {
-                let on_air = self.on_air.as_ref().map(|o| o.feed) == Some(id);
+                let on_air = self.switch.is_on_air(id);
                 if let Some(slot) = self.feeds.get_mut(&id) {
                     slot.draining = true;
                     slot.disconnect_after_cut =
