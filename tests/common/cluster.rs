@@ -2,7 +2,10 @@
 //! runtime, engine and Redis connections) and `primacy` child processes,
 //! sharing one test database and one Redis key prefix unique to the test.
 
-#![allow(dead_code)]
+// Each test crate compiles these helpers and uses a different part of
+// them: an `expect` would be unfulfilled in the crates that use it all.
+#![expect(clippy::allow_attributes, reason = "dead code differs per test crate")]
+#![allow(dead_code, reason = "each test crate uses a part of the shared helpers")]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
