@@ -636,7 +636,7 @@ impl Source {
     }
 
     /// An RTMP (FLV) player.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub fn player_joined(&mut self, now: Instant, id: u64, tx: mpsc::Sender<PlayerItem>) {
         self.player_joined_as(now, id, tx, PlayerFormat::Flv);
     }
