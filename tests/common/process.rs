@@ -7,8 +7,10 @@
 
 // Each test crate compiles these helpers and uses a different part of
 // them: an `expect` would be unfulfilled in the crates that use it all.
-#![expect(clippy::allow_attributes, reason = "dead code differs per test crate")]
-#![allow(dead_code, reason = "each test crate uses a part of the shared helpers")]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a part of the shared helpers"
+)]
 
 use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
