@@ -64,6 +64,19 @@ fn settings(next_keyframe: bool) -> EngineSettings {
 /// as going back.
 const AMBIGUOUS: i32 = 1 << 30;
 
+/// Where a player may have skipped frames (its queue was full when the
+/// harness drained it), the step from its last frame to the next one of a
+/// track is not checked. Every single step of a feed's track may be up to
+/// 2^31 ms here, at no cost in wall-clock time; so while a player skips a
+/// dozen frames the output may move on by 2^32 - 2^30 ms or more, and its
+/// next frame, in 32-bit RTMP time, is indistinguishable from one that went
+/// back. No real feed gets there: its clock runs at wall-clock speed but for
+/// a rare step, and a lagging player skips for a moment, not for 37 days of
+/// output. The frames after that one are checked again.
+fn may_have_skipped(rx: &mpsc::Receiver<PlayerItem>) -> bool {
+    rx.len() == rx.max_capacity()
+}
+
 /// What one player received so far.
 struct Watch {
     id: u64,
@@ -76,8 +89,14 @@ struct Watch {
 
 impl Watch {
     fn drain(&mut self) {
+        let skipped = may_have_skipped(&self.rx);
         while let Ok(item) = self.rx.try_recv() {
             self.check(item);
+        }
+        if skipped {
+            // See `may_have_skipped`: the next frame of each track starts over.
+            self.last_video = None;
+            self.last_audio = None;
         }
     }
 
