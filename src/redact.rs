@@ -258,11 +258,17 @@ fn mask_fields(list: &str, sep: char, safe: &[&str]) -> String {
 
 /// One `k=v`: the value shown when the (decoded) key is in `safe` and the
 /// (decoded) value is plain; the key shown when it is plain; a field
-/// without `=` (a bare value) masked whole.
+/// without `=` (a bare value) masked whole, and so is one whose value is
+/// empty or holds another `=`: `?SECRET=`, `?SECRET==` and `?SEC=RET=x`
+/// are how a bare secret with base64 padding reads, and its part before
+/// the first `=` is no name to show.
 fn mask_field(field: &str, safe: &[&str]) -> String {
     let Some((k, v)) = field.split_once('=') else {
         return MASK.to_owned();
     };
+    if v.is_empty() || v.contains('=') {
+        return MASK.to_owned();
+    }
     let key = decode(k);
     let shown_key = match &key {
         Some(key) if is_plain(key, false) && key.len() <= 32 => key.as_str(),
