@@ -346,13 +346,19 @@ fn capture_gateway_log() {
 
 /// The gateway's refusal line for a caller from local port `port`.
 fn refusal_line(port: u16) -> String {
-    let peer = format!("peer=127.0.0.1:{port} ");
+    // In the connection's span: `srt{peer=127.0.0.1:PORT}: …` (or
+    // followed by the span's other fields).
+    let peer = format!("peer=127.0.0.1:{port}");
+    let of_peer = |l: &str| {
+        l.match_indices(&peer)
+            .any(|(i, _)| matches!(l.as_bytes().get(i + peer.len()), Some(b'}' | b' ')))
+    };
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let log = GATEWAY_LOG.lock().unwrap().clone();
         if let Some(l) = log
             .lines()
-            .find(|l| l.contains("SRT connection refused") && l.contains(&peer))
+            .find(|l| l.contains("SRT connection refused") && of_peer(l))
         {
             return l.to_owned();
         }
